@@ -1,0 +1,22 @@
+"""Backbones, the up-scaling head and the segmenter that joins them."""
+
+from upseg.models.head import (
+    UpscalingHead,
+    UpscalingStage,
+    plain_head_num_params,
+    skip_head_num_params,
+)
+from upseg.models.registry import get_backbone_spec, list_backbones, register_backbone
+from upseg.models.segmenter import LowResSegmenter, build
+
+__all__ = [
+    "LowResSegmenter",
+    "UpscalingHead",
+    "UpscalingStage",
+    "build",
+    "get_backbone_spec",
+    "list_backbones",
+    "plain_head_num_params",
+    "register_backbone",
+    "skip_head_num_params",
+]

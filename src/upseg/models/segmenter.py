@@ -1,0 +1,147 @@
+"""LowResSegmenter: a backbone plus an optional up-scaling head, and `build`, its factory."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from upseg.models.head import UpscalingHead
+from upseg.models.registry import get_backbone_spec
+
+HeadKind = Literal["plain", "skip"] | None
+HEAD_KINDS: tuple[str | None, ...] = ("plain", "skip", None)
+
+
+class LowResSegmenter(nn.Module):
+    """Input (B, C, r, r). Training mode: list of logits at r, 2r, ..., R (one tensor at r for a
+    baseline). Eval mode: only the finest logits tensor, so the model exports with one output.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: UpscalingHead | None,
+        input_size: int,
+        output_size: int,
+        divisor: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.input_size = input_size
+        self.output_size = output_size
+        self.divisor = divisor
+
+    @property
+    def num_stages(self) -> int:
+        return 0 if self.head is None else self.head.num_stages
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        height, width = x.shape[-2:]
+        if height % self.divisor or width % self.divisor:
+            raise ValueError(
+                f"input of size {height}x{width}: both sides must be multiples of "
+                f"{self.divisor} for this backbone (the model was built for {self.input_size})"
+            )
+        logits = self.backbone(x)
+        outputs = [logits] if self.head is None else self.head(logits)
+        return outputs if self.training else outputs[-1]
+
+
+def _valid_sizes(divisor: int, near: int) -> str:
+    lower = max(divisor, near // divisor * divisor)
+    return ", ".join(str(s) for s in sorted({lower, lower + divisor}))
+
+
+def _check_sizes(input_size: int, output_size: int, divisor: int, backbone: str) -> int:
+    """Returns m = log2(R / r) after checking that r and R fit the backbone and each other."""
+    if input_size < 1 or input_size % divisor:
+        raise ValueError(
+            f"input_size {input_size} does not fit backbone {backbone!r}: it must be a positive "
+            f"multiple of {divisor}; nearby sizes that work: {_valid_sizes(divisor, input_size)}"
+        )
+    ratio, rest = divmod(output_size, input_size)
+    if output_size < input_size or rest or ratio & (ratio - 1):
+        options = ", ".join(str(input_size * 2**k) for k in range(1, 6))
+        raise ValueError(
+            f"output_size {output_size} is not input_size {input_size} times a power of two; "
+            f"sizes that work: {input_size} (no head) or {options}"
+        )
+    return ratio.bit_length() - 1
+
+
+def _check_custom_backbone(
+    backbone: nn.Module, in_channels: int, num_classes: int, input_size: int
+) -> None:
+    """Runs one dummy forward: a custom backbone must map (1, C, r, r) to (1, Nc, r, r)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(1, in_channels, input_size, input_size))
+    finally:
+        backbone.train(was_training)
+    expected = (1, num_classes, input_size, input_size)
+    if not isinstance(out, Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"custom backbone must map (1, {in_channels}, {input_size}, {input_size}) to "
+            f"logits of shape {expected}, got {got}"
+        )
+
+
+def build(
+    backbone: str | nn.Module,
+    in_channels: int,
+    num_classes: int,
+    input_size: int,
+    output_size: int | None = None,
+    head: HeadKind | Literal["auto"] = "auto",
+    head_init: str = "default",
+    **backbone_kwargs,
+) -> LowResSegmenter:
+    """Build backbone + head. `backbone` is a registered name or any nn.Module that maps
+    (B, in_channels, r, r) to (B, num_classes, r, r). `head=None` gives the baseline, which
+    predicts at r; `output_size` (R) then only records the resolution it is scored at.
+    `head="auto"` is the plain head when output_size > input_size, else the baseline.
+    """
+    if head == "auto":
+        head = "plain" if output_size is not None and output_size > input_size else None
+    if head not in HEAD_KINDS:
+        raise ValueError(f"unknown head {head!r}; choose 'plain', 'skip' or None (baseline)")
+    if in_channels < 1 or num_classes < 1:
+        raise ValueError(
+            f"in_channels and num_classes must be at least 1, got {in_channels} and {num_classes}"
+        )
+    if output_size is None:
+        if head is not None:
+            raise ValueError(
+                f"head {head!r} needs output_size, the ground-truth resolution R "
+                f"(e.g. {input_size * 16}); pass head=None for a baseline"
+            )
+        output_size = input_size
+    if isinstance(backbone, nn.Module):
+        if backbone_kwargs:
+            raise ValueError("backbone keyword arguments only apply to registered backbone names")
+        name, divisor, net = type(backbone).__name__, 1, backbone
+    else:
+        spec = get_backbone_spec(backbone)
+        name, divisor = spec.name, spec.divisor
+    num_stages = _check_sizes(input_size, output_size, divisor, name)
+    if head is not None and num_stages == 0:
+        raise ValueError(
+            f"head {head!r} needs output_size > input_size ({input_size}); "
+            f"try {input_size * 16}, or head=None for a baseline"
+        )
+    if isinstance(backbone, nn.Module):
+        _check_custom_backbone(net, in_channels, num_classes, input_size)
+    else:
+        net = spec.factory(in_channels, num_classes, **backbone_kwargs)
+    upscaler = (
+        None
+        if head is None
+        else UpscalingHead(num_classes, num_stages, skip=head == "skip", init=head_init)
+    )
+    return LowResSegmenter(net, upscaler, input_size, output_size, divisor)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from upseg.models import UpscalingHead, plain_head_num_params, skip_head_num_params
+from upseg.profile import count_parameters
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("num_classes", [1, 2, 4])
+def test_plain_head_parameters(num_classes: int, num_stages: int) -> None:
+    head = UpscalingHead(num_classes, num_stages)
+    expected = num_stages * (13 * num_classes**2 + 2 * num_classes)
+    assert count_parameters(head) == expected == plain_head_num_params(num_classes, num_stages)
+
+
+def test_plain_head_sixty_parameters_for_one_class_16_to_256() -> None:
+    assert count_parameters(UpscalingHead(1, 4)) == 60
+
+
+@pytest.mark.parametrize("num_stages", [3, 4, 5])
+@pytest.mark.parametrize("num_classes", [1, 2, 4])
+def test_skip_head_parameters(num_classes: int, num_stages: int) -> None:
+    head = UpscalingHead(num_classes, num_stages, skip=True)
+    assert count_parameters(head) == skip_head_num_params(num_classes, num_stages)
+
+
+def test_skip_head_parameters_by_hand() -> None:
+    # m = 4, Nc = 1: two plain stages (2 x 15), two concat stages (2 x (9 + 10)),
+    # stretch chains of 2 and 3 plain stages (5 x 15).
+    assert count_parameters(UpscalingHead(1, 4, skip=True)) == 30 + 38 + 75 == 143
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_output_shapes(num_classes: int, skip: bool) -> None:
+    outputs = UpscalingHead(num_classes, 4, skip=skip)(torch.randn(2, num_classes, 16, 16))
+    assert [tuple(o.shape) for o in outputs] == [
+        (2, num_classes, 16 * 2**k, 16 * 2**k) for k in range(5)
+    ]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_upsample_init_reproduces_nearest_upsampling(num_classes: int, skip: bool) -> None:
+    logits = torch.randn(3, num_classes, 16, 16)
+    head = UpscalingHead(num_classes, 4, skip=skip, init="upsample")
+    for k, output in enumerate(head(logits)):
+        expected = F.interpolate(logits, scale_factor=2**k, mode="nearest")
+        torch.testing.assert_close(output, expected, rtol=0, atol=1e-6)
+
+
+def test_default_init_is_not_nearest_upsampling() -> None:
+    logits = torch.randn(1, 2, 8, 8)
+    finest = UpscalingHead(2, 2)(logits)[-1]
+    assert not torch.allclose(finest, F.interpolate(logits, scale_factor=4, mode="nearest"))
+
+
+def test_upsample_init_trains_away_from_identity() -> None:
+    head = UpscalingHead(2, 2, init="upsample")
+    head(torch.randn(1, 2, 8, 8))[-1].sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": 1, "num_stages": 2, "skip": True}, "at least 3 stages"),
+        ({"num_classes": 1, "num_stages": 0}, "at least 1"),
+        ({"num_classes": 0, "num_stages": 2}, "num_classes"),
+        ({"num_classes": 1, "num_stages": 2, "init": "xavier"}, "unknown head init"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        UpscalingHead(**kwargs)
