@@ -2,8 +2,7 @@
 
 Each stage output Y_i (B, Nc, s_i, s_i) is scored against the full-resolution mask (B, R, R)
 resized to s_i, where R / s_i is an integer:
-  - 'nearest': the centre pixel of every (R/s_i)^2 block (aligned with area-downsampled
-    images and with bilinear stretching, unlike top-left sampling);
+  - 'nearest': the centre pixel of every (R/s_i)^2 block (see upseg.resize);
   - 'soft': the area-averaged one-hot mask, i.e. per-pixel class fractions (the soft labels of
     the authors' code); exact at s_i = R.
 Stage weights: 'equal' (the paper's plain sum) or 'halving' (w = 1/2^j for the j-th stage
@@ -19,6 +18,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from upseg.resize import downsample_labels, one_hot
 
 BASE_LOSSES = ("ce", "bce", "dice", "dice_ce")
 TARGET_RESIZES = ("nearest", "soft")
@@ -144,7 +145,7 @@ class MultiScaleLoss(nn.Module):
         targets: dict[int, Tensor] = {}
         if self.target_resize == "nearest":
             for f in set(factors):
-                targets[f] = mask[:, f // 2 :: f, f // 2 :: f]
+                targets[f] = downsample_labels(mask, mask.shape[-1] // f)
             return [targets[f] for f in factors]
         dense = self._dense(mask, torch.float32)
         level, level_factor = dense, 1
@@ -163,7 +164,7 @@ class MultiScaleLoss(nn.Module):
         """(B, H, W) labels -> (B, K, H, W) one-hot (K = Nc), or the 0/1 map for one channel."""
         if self.binary:
             return labels.unsqueeze(1).to(dtype)
-        return F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).to(dtype)
+        return one_hot(labels, self.num_classes, dtype)
 
     def _stage_loss(self, output: Tensor, target: Tensor) -> Tensor:
         soft = target.dim() == 4

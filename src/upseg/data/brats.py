@@ -1,0 +1,124 @@
+"""BraTS 2018-2021 training layouts: <case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz].
+
+Labels 0, 1 (NCR/NET), 2 (ED), 4 (ET) become classes 0..3 (background, NCR, ED, ET).
+Each modality is z-scored per volume over the brain (voxels where any loaded modality is
+non-zero; 0 outside). Axial slices (last axis) are centred in an R x R frame by zero padding
+(240 -> 256 adds 8 pixels on each side).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from upseg.data.case import Case
+from upseg.data.errors import DataError
+from upseg.data.volume import load_nifti, map_labels, pad_or_crop, zscore
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+CLASS_NAMES = ("background", "NCR", "ED", "ET")
+LABEL_TO_CLASS = {0: 0, 1: 1, 2: 2, 4: 3}
+SLICE_MODES = ("brain", "tumour", "all")
+
+
+def _modality_file(case_dir: Path, suffix: str) -> Path | None:
+    for extension in (".nii.gz", ".nii"):
+        matches = sorted(case_dir.glob(f"*_{suffix}{extension}"))
+        if matches:
+            return matches[0]
+    return None
+
+
+class BratsReader:
+    """Reads one BraTS case folder per patient."""
+
+    format = "brats"
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: int = 256,
+        modalities: tuple[str, ...] | list[str] = MODALITIES,
+        slices: str = "brain",
+    ) -> None:
+        self.root = Path(root)
+        unknown = [m for m in modalities if m not in MODALITIES]
+        if unknown or not modalities:
+            raise ValueError(f"unknown modalities {unknown}; choose from {MODALITIES}")
+        if slices not in SLICE_MODES:
+            raise ValueError(f"unknown slice selection {slices!r}; choose one of {SLICE_MODES}")
+        if size < 240:
+            raise ValueError(
+                f"size {size} is below the 240 x 240 BraTS slices; use 256 (the slices are "
+                "padded, never resampled) and let the input resolution r do the shrinking"
+            )
+        self.size = size
+        self.modalities = tuple(modalities)
+        self.slices = slices
+        self.class_names = CLASS_NAMES
+        self.options = {"modalities": list(self.modalities), "slices": slices}
+
+    def items(self) -> list[Path]:
+        if not self.root.is_dir():
+            raise DataError(self.root, "BraTS folder not found")
+        if _modality_file(self.root, "seg") is not None:
+            return [self.root]
+        cases = sorted(
+            d for d in self.root.iterdir() if d.is_dir() and _modality_file(d, "seg") is not None
+        )
+        if not cases:
+            raise DataError(
+                self.root,
+                "no BraTS cases found (expected sub-folders <case>/ holding "
+                "<case>_seg.nii.gz and <case>_{flair,t1,t1ce,t2}.nii.gz)",
+            )
+        return cases
+
+    def read(self, case_dir: Path) -> Case:
+        paths = {}
+        for name in (*self.modalities, "seg"):
+            path = _modality_file(case_dir, name)
+            if path is None:
+                raise DataError(case_dir, f"modality {name!r} is missing (no *_{name}.nii.gz)")
+            paths[name] = path
+        seg, affine, spacing = load_nifti(paths["seg"])
+        volumes = []
+        for name in self.modalities:
+            volume = load_nifti(paths[name])[0]
+            if volume.shape != seg.shape:
+                raise DataError(
+                    paths[name],
+                    f"shape {volume.shape} differs from the segmentation's {seg.shape}",
+                )
+            volumes.append(volume)
+        if seg.ndim != 3:
+            raise DataError(paths["seg"], f"expected a 3-D volume, got shape {seg.shape}")
+        classes = map_labels(seg, LABEL_TO_CLASS, paths["seg"])
+        brain = np.zeros(seg.shape, dtype=bool)
+        for volume in volumes:
+            brain |= volume != 0
+        images = np.stack([zscore(v, brain) for v in volumes])  # (C, X, Y, Z)
+        if self.slices == "brain":
+            keep = np.flatnonzero(brain.any(axis=(0, 1)))
+        elif self.slices == "tumour":
+            keep = np.flatnonzero(classes.any(axis=(0, 1)))
+        else:
+            keep = np.arange(seg.shape[2])
+        images, offsets = pad_or_crop(np.moveaxis(images[..., keep], -1, 0), self.size)
+        masks, _ = pad_or_crop(np.moveaxis(classes[..., keep], -1, 0), self.size)
+        return Case(
+            patient_id=case_dir.name,
+            images=np.ascontiguousarray(images, dtype=np.float32),
+            masks=np.ascontiguousarray(masks, dtype=np.uint8),
+            slice_indices=keep.astype(np.int32),
+            source=str(case_dir),
+            geometry={
+                "shape": list(seg.shape),
+                "affine": affine.tolist(),
+                "spacing": list(spacing),
+                "transform": "pad",
+                "offsets": offsets,
+                "label_values": {str(c): v for v, c in LABEL_TO_CLASS.items()},
+            },
+        )

@@ -1,0 +1,183 @@
+"""2-D image folders: image/mask pairs as PNG or TIFF.
+
+Layouts: 'images-masks' (images/X.png + masks/X.png) or 'suffix' (X.tif + X_mask.tif).
+Images may have several channels (RGB PNG, multi-page or channel-last TIFF); each is z-scored
+per image and channel. Masks map their pixel values to classes through `values`
+(default {0: 0, 1: 1, 255: 1}: binary masks stored as 0/1 or 0/255). Every slice is
+stretched to R x R (bilinear images, nearest masks). A regex on the file stem gives the
+patient id (its first group), so that splits stay patient-level.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from upseg.data.case import Case
+from upseg.data.errors import DataError
+from upseg.data.volume import map_labels, stretch, zscore
+
+EXTENSIONS = (".png", ".tif", ".tiff")
+LAYOUTS = ("images-masks", "suffix")
+DEFAULT_VALUES = {0: 0, 1: 1, 255: 1}
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """PNG or TIFF -> (H, W) or (H, W, C) / (C, H, W) array; DataError if unreadable."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        from PIL import Image
+
+        with Image.open(path) as image:
+            if image.mode in ("P", "RGBA", "LA"):
+                image = image.convert("RGB" if image.mode != "LA" else "L")
+            return np.asarray(image)
+    except Exception as error:
+        raise DataError(path, f"cannot read the image ({error})") from None
+
+
+def _channels_first(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        # channel axis: the short one (<= 8), first or last
+        if array.shape[-1] <= 8 < array.shape[0]:
+            return np.moveaxis(array, -1, 0)
+        if array.shape[0] <= 8:
+            return array
+    raise DataError(path, f"image shape {array.shape} is not (H, W), (H, W, C) or (C, H, W)")
+
+
+class FolderReader:
+    """Reads 2-D image/mask pairs, grouped into patients."""
+
+    format = "folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: int = 256,
+        layout: str = "images-masks",
+        values: dict[int, int] | None = None,
+        class_names: tuple[str, ...] | list[str] | None = None,
+        patient_regex: str | None = None,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+        self.root = Path(root)
+        self.size = size
+        self.layout = layout
+        self.values = dict(DEFAULT_VALUES if values is None else values)
+        num_classes = max(self.values.values()) + 1
+        if class_names is None:
+            class_names = (
+                ("background", "foreground")
+                if num_classes == 2
+                else tuple(["background"] + [f"class{i}" for i in range(1, num_classes)])
+            )
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"{len(class_names)} class names for {num_classes} classes in the value map"
+            )
+        self.class_names = tuple(class_names)
+        self.patient_regex = re.compile(patient_regex) if patient_regex else None
+        self.modalities: tuple[str, ...] = ()
+        self.options = {
+            "layout": layout,
+            "values": {str(k): v for k, v in self.values.items()},
+            "patient_regex": patient_regex,
+        }
+
+    def _pairs(self) -> list[tuple[Path, Path]]:
+        if not self.root.is_dir():
+            raise DataError(self.root, "image folder not found")
+        pairs = []
+        if self.layout == "images-masks":
+            image_dir, mask_dir = self.root / "images", self.root / "masks"
+            if not image_dir.is_dir():
+                raise DataError(self.root, "no images/ sub-folder (layout images-masks)")
+            for image in sorted(image_dir.iterdir()):
+                if image.suffix.lower() in EXTENSIONS:
+                    candidates = [mask_dir / f"{image.stem}{ext}" for ext in EXTENSIONS]
+                    mask = next((c for c in candidates if c.is_file()), None)
+                    if mask is None:
+                        raise DataError(image, f"no mask for it in {mask_dir}")
+                    pairs.append((image, mask))
+        else:
+            for image in sorted(self.root.iterdir()):
+                if image.suffix.lower() in EXTENSIONS and not image.stem.endswith("_mask"):
+                    mask = image.with_name(f"{image.stem}_mask{image.suffix}")
+                    if not mask.is_file():
+                        raise DataError(image, f"no mask {mask.name} beside it")
+                    pairs.append((image, mask))
+        if not pairs:
+            raise DataError(
+                self.root,
+                f"no image/mask pairs found ({', '.join(EXTENSIONS)} files, layout "
+                f"{self.layout!r})",
+            )
+        return pairs
+
+    def _patient(self, image: Path) -> str:
+        if self.patient_regex is None:
+            return image.stem
+        match = self.patient_regex.search(image.stem)
+        if match is None:
+            raise DataError(
+                image, f"file name does not match --patient-regex {self.patient_regex.pattern!r}"
+            )
+        return match.group(1) if match.groups() else match.group(0)
+
+    def items(self) -> list[tuple[str, list[tuple[Path, Path]]]]:
+        groups: dict[str, list[tuple[Path, Path]]] = defaultdict(list)
+        for image, mask in self._pairs():
+            groups[self._patient(image)].append((image, mask))
+        return sorted(groups.items())
+
+    def read(self, item: tuple[str, list[tuple[Path, Path]]]) -> Case:
+        patient, pairs = item
+        images, masks, shapes, channels = [], [], [], None
+        for image_path, mask_path in pairs:
+            image = _channels_first(read_image_file(image_path), image_path).astype(np.float32)
+            if not np.isfinite(image).all():
+                raise DataError(image_path, "holds NaN or infinite pixels")
+            mask = read_image_file(mask_path)
+            if mask.ndim == 3 and (mask == mask[..., :1]).all():
+                mask = mask[..., 0]
+            if mask.ndim != 2:
+                raise DataError(mask_path, f"mask shape {mask.shape} is not a 2-D label image")
+            if mask.shape != image.shape[1:]:
+                raise DataError(
+                    mask_path, f"mask shape {mask.shape} differs from the image's {image.shape[1:]}"
+                )
+            if channels is None:
+                channels = image.shape[0]
+            elif image.shape[0] != channels:
+                raise DataError(
+                    image_path, f"has {image.shape[0]} channels, other images have {channels}"
+                )
+            image = np.stack([zscore(channel) for channel in image])
+            images.append(stretch(image[None], self.size, False)[0])
+            shapes.append(list(mask.shape))
+            classes = map_labels(mask, self.values, mask_path)
+            masks.append(stretch(classes[None], self.size, True)[0])
+        if not self.modalities:
+            self.modalities = tuple(f"channel{i}" for i in range(channels or 0))
+        return Case(
+            patient_id=patient,
+            images=np.stack(images).astype(np.float32),
+            masks=np.stack(masks).astype(np.uint8),
+            slice_indices=np.arange(len(pairs), dtype=np.int32),
+            source=str(pairs[0][0].parent),
+            geometry={
+                "transform": "stretch",
+                "files": [p.name for p, _ in pairs],
+                "shapes": shapes,
+            },
+        )

@@ -1,0 +1,244 @@
+"""The slice store: a prepared dataset on disk, written once, memory-mapped for training.
+
+DIR/manifest.json   class names, modalities, size R, patients (id, slice range, source,
+                    geometry), the patient-level split, provenance
+DIR/images.npy      (N, C, R, R) float16, z-scored intensities
+DIR/masks.npy       (N, R, R) uint8 class indices
+DIR/slices.npy      (N, 2) int32: patient number, slice position in the source
+DIR/lowres/         images at input size r, computed once per (r, downsampling)
+
+`prepare` writes everything into a hidden sibling folder and renames it into place at the
+end: an interrupted run leaves no folder that looks complete, and a re-run starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from upseg.data.case import Case
+from upseg.data.errors import DataError
+from upseg.resize import DOWNSAMPLE_MODES, downsample_image
+
+STORE_VERSION = 1
+DEFAULT_VAL_FRACTION = {"brats": 0.15, "decathlon": 1 / 3, "folder": 0.2, "phantom": 0.25}
+
+
+class Reader(Protocol):
+    format: str
+    size: int
+    class_names: tuple[str, ...]
+    modalities: tuple[str, ...]
+    options: dict
+
+    def items(self) -> list: ...
+
+    def read(self, item) -> Case: ...
+
+
+def patient_split(patient_ids: list[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Deterministic patient-level split: a seeded shuffle of the sorted ids, the first
+    round(val_fraction * n) (at least 1 when n >= 2) go to validation."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ids = sorted(patient_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = round(val_fraction * len(ids))
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    val = sorted(ids[i] for i in order[:n_val])
+    return {"train": [i for i in ids if i not in set(val)], "val": val}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def prepare(
+    reader: Reader,
+    out_dir: str | Path,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Read every item of `reader` into a slice store at `out_dir`; returns its path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise DataError(out_dir, "already exists; pass --force to replace it")
+    if val_fraction is None:
+        val_fraction = DEFAULT_VAL_FRACTION.get(reader.format, 0.2)
+    items = reader.items()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
+    work = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    (work / "cases").mkdir(parents=True)
+    try:
+        patients, total, seen = [], 0, set()
+        for k, item in enumerate(
+            tqdm(items, desc=f"prepare {reader.format}", disable=not progress)
+        ):
+            case = reader.read(item)
+            if case.patient_id in seen:
+                raise DataError(case.source, f"patient id {case.patient_id!r} occurs twice")
+            seen.add(case.patient_id)
+            np.save(work / "cases" / f"{k}_images.npy", case.images.astype(np.float16))
+            np.save(work / "cases" / f"{k}_masks.npy", case.masks)
+            patients.append(
+                {
+                    "id": case.patient_id,
+                    "start": total,
+                    "count": len(case.slice_indices),
+                    "source": case.source,
+                    "slice_indices": case.slice_indices.tolist(),
+                    "geometry": case.geometry,
+                }
+            )
+            total += len(case.slice_indices)
+        if total == 0:
+            raise DataError(getattr(reader, "root", out_dir), "no slices selected in any case")
+        channels = len(reader.modalities) or np.load(work / "cases" / "0_images.npy").shape[1]
+        size = reader.size
+        images = np.lib.format.open_memmap(
+            work / "images.npy", "w+", np.float16, (total, channels, size, size)
+        )
+        masks = np.lib.format.open_memmap(work / "masks.npy", "w+", np.uint8, (total, size, size))
+        slices = np.zeros((total, 2), dtype=np.int32)
+        for k, patient in enumerate(patients):
+            span = slice(patient["start"], patient["start"] + patient["count"])
+            images[span] = np.load(work / "cases" / f"{k}_images.npy")
+            masks[span] = np.load(work / "cases" / f"{k}_masks.npy")
+            slices[span, 0] = k
+            slices[span, 1] = patient.pop("slice_indices")
+        images.flush()
+        masks.flush()
+        del images, masks
+        np.save(work / "slices.npy", slices)
+        shutil.rmtree(work / "cases")
+        split = patient_split([p["id"] for p in patients], val_fraction, seed)
+        manifest = {
+            "version": STORE_VERSION,
+            "format": reader.format,
+            "size": size,
+            "num_slices": total,
+            "class_names": list(reader.class_names),
+            "modalities": list(reader.modalities) or [f"channel{i}" for i in range(channels)],
+            "patients": patients,
+            "split": split,
+            "split_rule": {"val_fraction": val_fraction, "seed": seed, "level": "patient"},
+            "provenance": {
+                "source": str(getattr(reader, "root", None)),
+                "reader_options": reader.options,
+                "command": command,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "upseg_version": _version(),
+            },
+        }
+        _write_json(work / "manifest.json", manifest)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            out_dir.rename(old)
+            work.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _version() -> str:
+    from upseg import __version__
+
+    return __version__
+
+
+class SliceStore:
+    """Read access to a prepared store; arrays are memory-mapped, nothing is loaded eagerly."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            raise DataError(self.path, "not a slice store (no manifest.json); run upseg prepare")
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except json.JSONDecodeError as error:
+            raise DataError(manifest, f"not valid JSON ({error})") from None
+        if self.manifest.get("version") != STORE_VERSION:
+            raise DataError(
+                manifest,
+                f"store version {self.manifest.get('version')} is not "
+                f"{STORE_VERSION}; prepare it again",
+            )
+        self.images = np.load(self.path / "images.npy", mmap_mode="r")
+        self.masks = np.load(self.path / "masks.npy", mmap_mode="r")
+        self.slices = np.load(self.path / "slices.npy")
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.manifest["modalities"])
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def patient_ids(self, split: str = "all") -> list[str]:
+        if split == "all":
+            return [p["id"] for p in self.manifest["patients"]]
+        if split not in self.manifest["split"]:
+            raise ValueError(f"unknown split {split!r}; choose train, val or all")
+        return list(self.manifest["split"][split])
+
+    def indices(self, split: str = "all", patients: list[str] | None = None) -> np.ndarray:
+        """Slice numbers of a split (or of the given patients), in store order."""
+        wanted = set(self.patient_ids(split) if patients is None else patients)
+        numbers = [k for k, p in enumerate(self.manifest["patients"]) if p["id"] in wanted]
+        return np.flatnonzero(np.isin(self.slices[:, 0], numbers))
+
+    def lowres_images(self, size: int, mode: str = "area", progress: bool = False) -> np.ndarray:
+        """(N, C, size, size) float32 inputs, computed once per (size, mode) and cached under
+        lowres/ (in memory only when the store is read-only)."""
+        if mode not in DOWNSAMPLE_MODES:
+            raise ValueError(f"unknown downsampling {mode!r}; choose one of {DOWNSAMPLE_MODES}")
+        if self.size % size:
+            raise ValueError(f"input size {size} does not divide the store's size {self.size}")
+        cache = self.path / "lowres" / f"images_r{size}_{mode}.npy"
+        if cache.is_file():
+            return np.load(cache)
+        out = np.empty((len(self), self.images.shape[1], size, size), dtype=np.float32)
+        chunk = 64
+        for start in tqdm(
+            range(0, len(self), chunk), desc=f"inputs at {size} ({mode})", disable=not progress
+        ):
+            block = torch.from_numpy(np.asarray(self.images[start : start + chunk], np.float32))
+            out[start : start + chunk] = downsample_image(block, size, mode).numpy()
+        try:
+            cache.parent.mkdir(exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as handle:
+                np.save(handle, out)
+            tmp.replace(cache)
+        except OSError:
+            pass  # a read-only store still works, without the cache
+        return out

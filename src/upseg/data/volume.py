@@ -1,0 +1,99 @@
+"""NIfTI loading with clear errors, and the slice operations the readers share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from upseg.data.errors import DataError
+
+
+def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Returns (data, affine 4x4, voxel spacing). Raises DataError naming the file when it is
+    missing, unreadable (truncated .nii.gz, not NIfTI) or holds NaN / infinite voxels."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel raises many types for corrupt files
+        raise DataError(
+            path, f"cannot read the NIfTI data, the file may be truncated or corrupt ({error})"
+        ) from None
+    if data.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            raise DataError(path, f"{bad} voxels are NaN or infinite")
+    spacing = tuple(float(z) for z in image.header.get_zooms())
+    return data, np.asarray(image.affine, dtype=np.float64), spacing
+
+
+def zscore(volume: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """(volume - mean) / std over the voxels in `where` (all if None); 0 outside `where`."""
+    volume = volume.astype(np.float32, copy=False)
+    values = volume if where is None else volume[where]
+    if values.size == 0:
+        return np.zeros_like(volume)
+    mean, std = float(values.mean()), float(values.std())
+    out = (volume - mean) / (std if std > 0 else 1.0)
+    if where is not None:
+        out[~where] = 0.0
+    return out
+
+
+def pad_or_crop(slices: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
+    """Centre the last two axes in a size x size frame (zero padding or cropping).
+
+    Returns the array and the offsets [top, left] of the source inside the frame (negative:
+    cropped)."""
+    offsets = []
+    for axis in (-2, -1):
+        extent = slices.shape[axis]
+        before = (size - extent) // 2
+        offsets.append(before)
+        if before >= 0:
+            pad = [(0, 0)] * slices.ndim
+            pad[axis] = (before, size - extent - before)
+            slices = np.pad(slices, pad)
+        else:
+            start = -before
+            slices = np.take(slices, np.arange(start, start + size), axis=axis)
+    return slices, offsets
+
+
+def stretch(slices: np.ndarray, size: int, labels: bool) -> np.ndarray:
+    """(N, [C,] H, W) -> (N, [C,] size, size): bilinear for images, nearest for labels."""
+    if slices.shape[-2:] == (size, size):
+        return slices
+    tensor = torch.from_numpy(np.ascontiguousarray(slices))
+    squeeze = tensor.dim() == 3
+    if squeeze:
+        tensor = tensor.unsqueeze(1)
+    if labels:
+        out = F.interpolate(tensor.float(), size=(size, size), mode="nearest-exact")
+        out = out.to(tensor.dtype)
+    else:
+        out = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", align_corners=False)
+    if squeeze:
+        out = out.squeeze(1)
+    return out.numpy()
+
+
+def map_labels(labels: np.ndarray, mapping: dict[int, int], path: Path) -> np.ndarray:
+    """Source label values -> class indices (uint8); a value outside `mapping` is a DataError."""
+    values = np.unique(labels)
+    unknown = sorted(int(v) for v in values if int(v) not in mapping)
+    if unknown:
+        raise DataError(
+            path,
+            f"label values {unknown} are outside the declared set {sorted(mapping)}",
+        )
+    lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.uint8)
+    for value, index in mapping.items():
+        if 0 <= value < len(lut):
+            lut[value] = index
+    return lut[labels.astype(np.int64)]

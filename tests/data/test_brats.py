@@ -1,0 +1,146 @@
+"""BraTS reader: the real shared cases where present, and small files written here."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.data.files import BRATS_SHAPE, brats_case, truncate, write_nifti
+from upseg.data import BratsReader, DataError
+
+
+def brain_statistics(images: np.ndarray) -> list[tuple[float, float]]:
+    brain = (images != 0).any(axis=1)
+    return [(float(c[brain].mean()), float(c[brain].std())) for c in images.transpose(1, 0, 2, 3)]
+
+
+def test_real_cases(shared_data: Path) -> None:
+    reader = BratsReader(shared_data / "brats2018")
+    cases = reader.items()
+    assert len(cases) == 20
+    case = reader.read(cases[0])
+    assert case.images.shape[1:] == (4, 256, 256)
+    assert case.masks.shape == (len(case.slice_indices), 256, 256)
+    assert reader.class_names == ("background", "NCR", "ED", "ET")
+    assert set(np.unique(case.masks)) <= {0, 1, 2, 3}
+    for mean, std in brain_statistics(case.images):
+        assert mean == pytest.approx(0, abs=1e-3)
+        assert std == pytest.approx(1, abs=1e-3)
+    seg = np.asanyarray(nib.load(next(cases[0].glob("*_seg.nii.gz"))).dataobj)
+    for label, cls in {1: 1, 2: 2, 4: 3}.items():  # every tumour voxel kept, label 4 -> class 3
+        assert int((case.masks == cls).sum()) == int((seg == label).sum())
+    assert case.masks[:, :8].max() == 0 and case.images[:, :, :, :8].max() == 0  # padding
+    assert case.geometry["offsets"] == [8, 8]
+
+
+def test_real_tumour_slices(shared_data: Path) -> None:
+    reader = BratsReader(shared_data / "brats2018", slices="tumour", modalities=["flair"])
+    case = reader.read(reader.items()[1])
+    assert case.images.shape[1] == 1
+    assert all(m.any() for m in case.masks)
+
+
+def test_layouts_2021_naming_and_plain_nii(tmp_path: Path) -> None:
+    brats_case(tmp_path, "BraTS2021_00001", extension=".nii")
+    brats_case(tmp_path, "BraTS2021_00002")
+    reader = BratsReader(tmp_path)
+    assert [p.name for p in reader.items()] == ["BraTS2021_00001", "BraTS2021_00002"]
+    case = reader.read(reader.items()[0])
+    assert case.patient_id == "BraTS2021_00001"
+    assert list(case.slice_indices) == list(range(1, BRATS_SHAPE[2]))  # slice 0 has no brain
+    assert set(np.unique(case.masks)) == {0, 1, 2, 3}
+    assert BratsReader(tmp_path / "BraTS2021_00002").items() == [tmp_path / "BraTS2021_00002"]
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> Path:
+    return brats_case(tmp_path, "Brats18_X_1")
+
+
+def read_error(case: Path) -> str:
+    with pytest.raises(DataError) as info:
+        BratsReader(case.parent).read(case)
+    return str(info.value)
+
+
+def test_truncated_file(case: Path) -> None:
+    truncate(case / "Brats18_X_1_t1ce.nii.gz")
+    message = read_error(case)
+    assert "Brats18_X_1_t1ce.nii.gz" in message and "truncated" in message
+
+
+def test_missing_modality(case: Path) -> None:
+    (case / "Brats18_X_1_t2.nii.gz").unlink()
+    message = read_error(case)
+    assert "Brats18_X_1" in message and "'t2' is missing" in message
+
+
+def test_shape_mismatch(case: Path) -> None:
+    write_nifti(case / "Brats18_X_1_flair.nii.gz", np.ones((240, 240, 5), dtype=np.int16))
+    assert "Brats18_X_1_flair.nii.gz: shape (240, 240, 5) differs" in read_error(case)
+
+
+def test_label_outside_the_set(case: Path) -> None:
+    seg = np.zeros(BRATS_SHAPE, dtype=np.int16)
+    seg[100, 100, 2] = 3
+    write_nifti(case / "Brats18_X_1_seg.nii.gz", seg)
+    assert "Brats18_X_1_seg.nii.gz: label values [3] are outside" in read_error(case)
+
+
+def test_nan_voxels(case: Path) -> None:
+    volume = np.ones(BRATS_SHAPE, dtype=np.float32)
+    volume[5, 5, 1] = np.nan
+    volume[6, 5, 1] = np.inf
+    write_nifti(case / "Brats18_X_1_t1.nii.gz", volume)
+    assert "Brats18_X_1_t1.nii.gz: 2 voxels are NaN or infinite" in read_error(case)
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no BraTS cases found"):
+        BratsReader(tmp_path).items()
+    with pytest.raises(DataError, match="not found"):
+        BratsReader(tmp_path / "nowhere").items()
+
+
+def test_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown modalities"):
+        BratsReader(tmp_path, modalities=["dwi"])
+    with pytest.raises(ValueError, match="below the 240"):
+        BratsReader(tmp_path, size=128)
+    with pytest.raises(ValueError, match="slice selection"):
+        BratsReader(tmp_path, slices="some")
+
+
+def test_real_case_copy_with_2021_name(shared_data: Path, tmp_path: Path) -> None:
+    source = sorted((shared_data / "brats2018").iterdir())[0]
+    target = tmp_path / "BraTS2021_00007"
+    target.mkdir()
+    for path in source.iterdir():
+        suffix = path.name.removeprefix(source.name)
+        shutil.copy(path, target / f"BraTS2021_00007{suffix}")
+    case = BratsReader(tmp_path).read(target)
+    assert case.images.shape[1:] == (4, 256, 256)
+
+
+class FirstCases(BratsReader):
+    def items(self) -> list[Path]:
+        return super().items()[:4]
+
+
+def test_real_store_split_is_patient_disjoint_and_stable(shared_data: Path, tmp_path: Path) -> None:
+    from upseg.data import SliceStore, prepare
+
+    reader = FirstCases(shared_data / "brats2018", slices="tumour")
+    first = SliceStore(prepare(reader, tmp_path / "a", val_fraction=0.25, progress=False))
+    second = SliceStore(prepare(reader, tmp_path / "b", val_fraction=0.25, progress=False))
+    assert first.manifest["split"] == second.manifest["split"]
+    train, val = first.manifest["split"]["train"], first.manifest["split"]["val"]
+    assert len(val) == 1 and len(train) == 3 and not set(train) & set(val)
+    assert first.images.shape[1:] == (4, 256, 256)
+    assert first.class_names == ["background", "NCR", "ED", "ET"]
+    patients_in_val = {int(k) for k in first.slices[first.indices("val"), 0]}
+    assert [first.manifest["patients"][k]["id"] for k in patients_in_val] == val

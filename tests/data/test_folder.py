@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from upseg.data import DataError, FolderReader
+
+
+def png_pairs(root: Path, names: list[str], rgb: bool = False, size=(40, 30)) -> Path:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        shape = (*size, 3) if rgb else size
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(root / "images" / name)
+        mask = np.zeros(size, np.uint8)
+        mask[10:20, 5:15] = 255
+        Image.fromarray(mask).save(root / "masks" / name)
+    return root
+
+
+def tiff_pairs(root: Path, names: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in names:
+        tifffile.imwrite(root / f"{name}.tif", rng.normal(size=(32, 32, 2)).astype(np.float32))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:8, 4:8] = 1
+        mask[20:24, 20:24] = 2
+        tifffile.imwrite(root / f"{name}_mask.tif", mask)
+    return root
+
+
+def test_png_images_and_masks(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["P01_a.png", "P01_b.png", "P02_a.png"], rgb=True)
+    reader = FolderReader(tmp_path, size=64, patient_regex=r"^(P\d+)_")
+    items = reader.items()
+    assert [patient for patient, _ in items] == ["P01", "P02"]
+    case = reader.read(items[0])
+    assert case.images.shape == (2, 3, 64, 64)
+    assert reader.modalities == ("channel0", "channel1", "channel2")
+    assert reader.class_names == ("background", "foreground")
+    assert set(np.unique(case.masks)) == {0, 1}
+    assert case.images[0, 0].mean() == pytest.approx(0, abs=0.05)
+
+
+def test_tiff_suffix_layout_multichannel(tmp_path: Path) -> None:
+    tiff_pairs(tmp_path, ["s1", "s2"])
+    reader = FolderReader(
+        tmp_path,
+        size=64,
+        layout="suffix",
+        values={0: 0, 1: 1, 2: 2},
+        class_names=["background", "cyst", "lesion"],
+    )
+    items = reader.items()
+    assert [patient for patient, _ in items] == ["s1", "s2"]  # each file its own patient
+    case = reader.read(items[1])
+    assert case.images.shape == (1, 2, 64, 64)
+    assert set(np.unique(case.masks)) == {0, 1, 2}
+    assert int((case.masks == 2).sum()) == 8 * 8  # 4x4 block at 32 -> 8x8 at 64
+
+
+def error_of(reader: FolderReader) -> str:
+    with pytest.raises(DataError) as info:
+        for item in reader.items():
+            reader.read(item)
+    return str(info.value)
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    assert "no image/mask pairs found" in error_of(FolderReader(tmp_path))
+    assert "no images/ sub-folder" in error_of(FolderReader(tmp_path / "images"))
+
+
+def test_mask_value_outside_the_map(tmp_path: Path) -> None:
+    tiff_pairs(tmp_path, ["s1"])
+    message = error_of(FolderReader(tmp_path, layout="suffix"))
+    assert "s1_mask.tif: label values [2] are outside the declared set [0, 1, 255]" in message
+
+
+def test_mask_shape_mismatch(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["a.png"])
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "a.png")
+    assert "a.png: mask shape (10, 10) differs" in error_of(FolderReader(tmp_path))
+
+
+def test_missing_mask(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "masks" / "b.png").unlink()
+    assert "b.png: no mask for it" in error_of(FolderReader(tmp_path))
+
+
+def test_nan_in_tiff(tmp_path: Path) -> None:
+    tiff_pairs(tmp_path, ["s1"])
+    image = np.zeros((32, 32, 2), np.float32)
+    image[0, 0, 1] = np.nan
+    tifffile.imwrite(tmp_path / "s1.tif", image)
+    assert "s1.tif: holds NaN" in error_of(FolderReader(tmp_path, layout="suffix"))
+
+
+def test_unreadable_image(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["a.png"])
+    (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG garbage")
+    assert "a.png: cannot read the image" in error_of(FolderReader(tmp_path))
+
+
+def test_patient_regex_must_match(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["P01_a.png", "other.png"])
+    message = error_of(FolderReader(tmp_path, patient_regex=r"^(P\d+)_"))
+    assert "other.png: file name does not match" in message
+
+
+def test_channel_count_must_agree(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["P1_a.png"], rgb=True)
+    png_pairs(tmp_path, ["P1_b.png"], rgb=False)
+    message = error_of(FolderReader(tmp_path, patient_regex=r"^(P\d)_"))
+    assert "P1_b.png: has 1 channels, other images have 3" in message

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from upseg.data import Case, DataError, LowResPairs, PhantomReader, SliceStore, prepare
+from upseg.data.store import patient_split
+from upseg.resize import downsample_image, downsample_labels
+
+
+def small_phantom(**kwargs) -> PhantomReader:
+    return PhantomReader(
+        size=64, num_patients=kwargs.pop("num_patients", 4), slices_per_patient=3, **kwargs
+    )
+
+
+def test_prepare_writes_a_store(tmp_path: Path) -> None:
+    store = SliceStore(prepare(small_phantom(), tmp_path / "s", progress=False))
+    assert len(store) == 12
+    assert store.images.shape == (12, 4, 64, 64) and store.images.dtype == np.float16
+    assert store.masks.dtype == np.uint8
+    manifest = store.manifest
+    assert manifest["class_names"] == ["background", "NCR", "ED", "ET"]
+    assert manifest["modalities"] == ["flair", "t1", "t1ce", "t2"]
+    assert [p["count"] for p in manifest["patients"]] == [3, 3, 3, 3]
+    assert manifest["provenance"]["reader_options"]["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no partial folder left
+    case = PhantomReader(size=64, num_patients=4, slices_per_patient=3).read(2)
+    np.testing.assert_array_equal(store.masks[6:9], case.masks)
+    np.testing.assert_allclose(store.images[6:9], case.images, atol=2e-3, rtol=1e-3)
+
+
+def test_split_is_patient_level_and_deterministic() -> None:
+    ids = [f"p{i:02d}" for i in range(20)]
+    split = patient_split(ids, 0.15, seed=0)
+    assert len(split["val"]) == 3 and not set(split["val"]) & set(split["train"])
+    assert sorted(split["train"] + split["val"]) == ids
+    assert patient_split(list(reversed(ids)), 0.15, seed=0) == split
+    assert patient_split(ids, 0.15, seed=1) != split
+
+
+def test_split_indices_are_disjoint(tmp_path: Path) -> None:
+    store = SliceStore(prepare(small_phantom(), tmp_path / "s", progress=False))
+    train, val = store.indices("train"), store.indices("val")
+    assert len(train) + len(val) == len(store) and not set(train) & set(val)
+    patients_of = {int(p) for p in store.slices[val, 0]}
+    assert len(patients_of) == 1
+
+
+class FailingReader(PhantomReader):
+    """Interrupted half-way, as by Ctrl-C."""
+
+    def read(self, patient: int) -> Case:
+        if patient == 2:
+            raise KeyboardInterrupt
+        return super().read(patient)
+
+
+def test_interrupted_prepare_leaves_nothing_and_rerun_works(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(FailingReader(size=64, num_patients=4, slices_per_patient=3), out, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".s.partial-99999").mkdir()  # as a SIGKILLed run would leave it
+    prepare(small_phantom(), out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_existing_store_is_kept(tmp_path: Path) -> None:
+    out = prepare(small_phantom(), tmp_path / "s", progress=False)
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(DataError, match="already exists; pass --force"):
+        prepare(small_phantom(seed=5), out, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(
+            FailingReader(size=64, num_patients=4, slices_per_patient=3),
+            out,
+            force=True,
+            progress=False,
+        )
+    assert (out / "manifest.json").read_text() == before
+    prepare(small_phantom(seed=5), out, force=True, progress=False)
+    assert (
+        json.loads((out / "manifest.json").read_text())["provenance"]["reader_options"]["seed"] == 5
+    )
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a slice store"):
+        SliceStore(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["area", "bilinear", "nearest"])
+def test_lowres_inputs_are_cached_once(tmp_path: Path, mode: str) -> None:
+    store = SliceStore(prepare(small_phantom(), tmp_path / "s", progress=False))
+    first = store.lowres_images(16, mode)
+    cache = tmp_path / "s" / "lowres" / f"images_r16_{mode}.npy"
+    assert cache.is_file()
+    expected = downsample_image(torch.from_numpy(store.images[:].astype(np.float32)), 16, mode)
+    np.testing.assert_allclose(first, expected.numpy(), atol=1e-6)
+    np.save(cache, np.full_like(first, 7.0))  # a second call must read the cache, not recompute
+    assert (store.lowres_images(16, mode) == 7.0).all()
+
+
+class OneHotReader(PhantomReader):
+    """Images are the one-hot masks, so the input must always match the (flipped) mask."""
+
+    def read(self, patient: int) -> Case:
+        case = super().read(patient)
+        case.images = F.one_hot(torch.from_numpy(case.masks).long(), 4).permute(0, 3, 1, 2)
+        case.images = case.images.float().numpy()
+        return case
+
+
+def test_dataset_pairs_and_flips(tmp_path: Path) -> None:
+    store = prepare(
+        OneHotReader(size=64, num_patients=3, slices_per_patient=4), tmp_path / "s", progress=False
+    )
+    dataset = LowResPairs(store, 16, split="all", flips=True, lowres_mask=True)
+    assert len(dataset) == 12
+    flipped = 0
+    for i in range(len(dataset)):
+        item = dataset[i]
+        assert item["image"].shape == (4, 16, 16) and item["image"].dtype == torch.float32
+        assert item["mask"].shape == (64, 64) and item["mask"].dtype == torch.int64
+        one_hot = F.one_hot(item["mask"], 4).permute(2, 0, 1).float()[None]
+        torch.testing.assert_close(item["image"], F.avg_pool2d(one_hot, 4)[0], atol=1e-3, rtol=0)
+        assert torch.equal(item["mask_lowres"], downsample_labels(item["mask"], 16))
+        original = torch.from_numpy(SliceStore(store).masks[item["index"]].astype(np.int64))
+        flipped += not torch.equal(item["mask"], original)
+    assert flipped > 0
+
+
+def test_dataset_split_and_bad_size(tmp_path: Path) -> None:
+    store = SliceStore(prepare(small_phantom(), tmp_path / "s", progress=False))
+    assert len(LowResPairs(store, 32, split="val")) == len(store.indices("val"))
+    with pytest.raises(ValueError, match="does not divide"):
+        LowResPairs(store, 24)
+    with pytest.raises(ValueError, match="unknown split"):
+        LowResPairs(store, 16, split="test")

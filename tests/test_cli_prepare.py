@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data.files import brats_case, truncate
+from upseg.cli import main
+from upseg.data import SliceStore
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "upseg.cli", *argv], capture_output=True, text=True, check=False
+    )
+
+
+def test_prepare_phantom(tmp_path: Path, capsys) -> None:
+    code = main(
+        [
+            "prepare",
+            "--format",
+            "phantom",
+            "--size",
+            "64",
+            "--patients",
+            "4",
+            "--slices-per-patient",
+            "2",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
+    assert code == 0
+    assert "8 slices of 4 x 64 x 64 from 4 patients (3 train, 1 val)" in capsys.readouterr().out
+    store = SliceStore(tmp_path / "p")
+    assert store.manifest["provenance"]["command"].startswith("upseg prepare --format phantom")
+
+
+def test_prepare_brats_files(tmp_path: Path) -> None:
+    for i in range(3):
+        brats_case(tmp_path / "src", f"Brats18_T_{i}", seed=i)
+    result = run(
+        "prepare",
+        str(tmp_path / "src"),
+        "--format",
+        "brats",
+        "--out",
+        str(tmp_path / "s"),
+        "--modalities",
+        "flair",
+        "t2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert SliceStore(tmp_path / "s").modalities == ["flair", "t2"]
+
+
+def test_bad_file_exit_code_and_message(tmp_path: Path) -> None:
+    brats_case(tmp_path / "src", "Brats18_T_0")
+    brats_case(tmp_path / "src", "Brats18_T_1")
+    truncate(tmp_path / "src" / "Brats18_T_1" / "Brats18_T_1_seg.nii.gz")
+    result = run(
+        "prepare", str(tmp_path / "src"), "--format", "brats", "--out", str(tmp_path / "s")
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Brats18_T_1_seg.nii.gz" in last and "truncated" in last
+    assert not (tmp_path / "s").exists()
+
+
+def test_empty_folder_exit_code(tmp_path: Path) -> None:
+    result = run("prepare", str(tmp_path), "--format", "folder", "--out", str(tmp_path / "s"))
+    assert result.returncode == 1
+    assert "no images/ sub-folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["prepare", "x", "--format", "brats", "--modality", "T2", "--out", "o"],
+            "--modality applies to --format decathlon, not brats",
+        ),
+        (["prepare", "--format", "brats", "--out", "o"], "needs a SOURCE folder"),
+        (["prepare", "x", "--format", "phantom", "--out", "o"], "takes no SOURCE"),
+        (
+            ["prepare", "x", "--format", "folder", "--values", "0-0", "--out", "o"],
+            "pixel:class pairs",
+        ),
+        (["prepare", "x", "--format", "nifti", "--out", "o"], "invalid choice: 'nifti'"),
+        (["prepare", "x", "--format", "brats"], "required: --out"),
+    ],
+)
+def test_wrong_flags(argv: list[str], message: str) -> None:
+    result = run(*argv)
+    assert result.returncode == 2
+    assert message in result.stderr
