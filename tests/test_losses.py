@@ -136,3 +136,11 @@ def test_float_mask_is_refused() -> None:
 def test_bad_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MultiScaleLoss(**kwargs)
+
+
+def test_uint8_masks_are_accepted() -> None:
+    logits, mask = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    expected = MultiScaleLoss(3, target_resize="soft")(logits, mask)
+    torch.testing.assert_close(
+        MultiScaleLoss(3, target_resize="soft")(logits, mask.to(torch.uint8)), expected
+    )

@@ -89,6 +89,7 @@ class MultiScaleLoss(nn.Module):
     def forward(self, outputs: Tensor | Sequence[Tensor], mask: Tensor) -> Tensor:
         outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
         factors = self._check(outputs, mask)
+        mask = mask.long()
         targets = self._targets(mask, factors)
         total = outputs[0].new_zeros(())
         for weight, output, target in zip(
@@ -100,7 +101,7 @@ class MultiScaleLoss(nn.Module):
     def _check(self, outputs: list[Tensor], mask: Tensor) -> list[int]:
         if not outputs:
             raise ValueError("MultiScaleLoss got no outputs")
-        if mask.dim() != 3 or mask.dtype.is_floating_point:
+        if mask.dim() != 3 or mask.dtype.is_floating_point or mask.dtype == torch.bool:
             raise ValueError(
                 f"mask must be an integer label map of shape (B, R, R), got "
                 f"{tuple(mask.shape)} {mask.dtype}"

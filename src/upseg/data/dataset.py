@@ -13,8 +13,9 @@ from upseg.resize import downsample_labels
 
 
 class LowResPairs(Dataset):
-    """Items: {"image": (C, r, r) float32, "mask": (R, R) int64, "index": int} and, with
-    `lowres_mask`, "mask_lowres": (r, r) int64 (block centres, what baselines train on).
+    """Items: {"image": (C, r, r) float32, "mask": (R, R) uint8, "index": int} and, with
+    `lowres_mask`, "mask_lowres": (r, r) uint8 (block centres, what baselines train on).
+    Masks stay uint8 (8x less to copy and collate); the loss and metrics take any integer type.
 
     Inputs at r come from the store's per-r cache, so nothing is resized per epoch. With
     `flips`, each item is flipped left-right and/or up-down at random (image and masks alike;
@@ -44,7 +45,7 @@ class LowResPairs(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
         index = int(self.indices[item])
         image = torch.from_numpy(self.inputs[index])
-        mask = torch.from_numpy(np.asarray(self.store.masks[index], dtype=np.int64))
+        mask = torch.from_numpy(np.array(self.store.masks[index]))
         if self.flips:
             dims = [d for d, flip in zip((-1, -2), torch.rand(2) < 0.5, strict=True) if flip]
             if dims:
