@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,170 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    import yaml
+
+    from upseg.train import TrainConfig
+
+    values: dict = {}
+    if args.config:
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a mapping of settings")
+        values.update(loaded)
+    for key in TRAIN_FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = str(value) if isinstance(value, Path) else value
+    for required in ("store", "out"):
+        if required not in values:
+            raise ValueError(f"--{required} is required (on the command line or in --config)")
+    return TrainConfig.from_dict(values)
+
+
+TRAIN_FLAGS = (
+    "store",
+    "out",
+    "backbone",
+    "head",
+    "head_init",
+    "input_size",
+    "output_size",
+    "loss",
+    "target_resize",
+    "stage_weights",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "seed",
+    "downsample",
+    "flips",
+    "workers",
+    "bf16",
+    "channels_last",
+    "device",
+    "deterministic",
+    "folds",
+    "fold",
+    "max_steps_per_epoch",
+    "backbone_kwargs",
+)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from upseg.data import DataError
+    from upseg.train import TrainConfig, TrainingError, train
+
+    try:
+        if args.resume:
+            saved = args.resume / "config.yaml"
+            if not saved.is_file():
+                raise TrainingError(f"{args.resume}: nothing to resume (no config.yaml)")
+            config = TrainConfig.from_dict(yaml.safe_load(saved.read_text()))
+        else:
+            config = _train_config(args)
+        record = train(config, resume=args.resume is not None, progress=not args.quiet)
+    except (TrainingError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if record and int(os.environ.get("RANK", "0")) == 0:
+        print(f"run directory: {config.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from upseg.data import DataError
+    from upseg.report import evaluate_run
+    from upseg.train import TrainingError
+
+    try:
+        written = evaluate_run(
+            args.run,
+            checkpoint=args.checkpoint,
+            split=args.split,
+            figures=args.figures,
+            against=args.against,
+            num_slices=args.num_slices,
+            progress=not args.quiet,
+        )
+    except (TrainingError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"base_width\": 8}}', got {text!r}"
+        )
+    return value
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS, TARGET_RESIZES
+    from upseg.resize import DOWNSAMPLE_MODES
+
+    parser.add_argument("--config", type=Path, help="YAML file of settings (flags override)")
+    parser.add_argument("--store", type=Path, help="slice store made by upseg prepare")
+    parser.add_argument("--out", type=Path, help="run directory to create")
+    parser.add_argument("--backbone", choices=list_backbones())
+    parser.add_argument(
+        "--backbone-kwargs",
+        type=_json_dict,
+        metavar="JSON",
+        help="backbone options, e.g. '{\"base_width\": 8}'",
+    )
+    parser.add_argument(
+        "--head",
+        choices=("plain", "skip", "none"),
+        help="up-scaling head; none trains the baseline (default plain)",
+    )
+    parser.add_argument("--head-init", choices=("default", "upsample"))
+    parser.add_argument("--input-size", type=int, help="input resolution r (default 16)")
+    parser.add_argument("--output-size", type=int, help="output resolution R (default: store)")
+    parser.add_argument("--loss", choices=BASE_LOSSES)
+    parser.add_argument("--target-resize", choices=TARGET_RESIZES)
+    parser.add_argument("--stage-weights", choices=STAGE_WEIGHTS)
+    parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    parser.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--downsample", choices=DOWNSAMPLE_MODES, help="input downsampling")
+    parser.add_argument("--flips", type=_bool, metavar="BOOL", help="random flips (default on)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers")
+    parser.add_argument("--bf16", type=_bool, metavar="BOOL", help="bf16 autocast")
+    parser.add_argument("--channels-last", type=_bool, metavar="BOOL")
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    parser.add_argument("--deterministic", type=_bool, metavar="BOOL")
+    parser.add_argument("--folds", type=int, help="k for patient-level k-fold validation")
+    parser.add_argument("--fold", type=int, help="which fold validates (0..k-1)")
+    parser.add_argument("--max-steps-per-epoch", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="upseg",
@@ -274,6 +439,56 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--patients", type=int, help="phantom: number of patients (12)")
     prepare.add_argument("--slices-per-patient", type=int, help="phantom: slices each (24)")
     prepare.set_defaults(func=cmd_prepare, parser=prepare)
+
+    train = commands.add_parser(
+        "train",
+        help="train a backbone with or without the up-scaling head on a slice store",
+        description="Train one model; validation at the full resolution R after every epoch.",
+        epilog="examples:\n"
+        "  upseg train --store stores/brats --out runs/elunet16 --head none --input-size 16\n"
+        "  upseg train --store stores/brats --out runs/head16 --head plain --head-init upsample\n"
+        "  upseg train --config experiment.yaml --epochs 50\n"
+        "  upseg train --resume runs/head16\n"
+        "  torchrun --nproc_per_node=2 -m upseg train --store ... --out ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_train_flags(train)
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its own settings",
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a run at full resolution: paper-style, per class, foreground, regions",
+        description="Score a trained run on its validation split at R (baselines are stretched "
+        "bilinearly first) and write JSON and CSV; with a head, every stage is scored too.",
+        epilog="example: upseg evaluate runs/head16 --figures --against runs/elunet16",
+    )
+    evaluate.add_argument("run", type=Path, help="run directory")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="last (default; selects nothing on the data it reports) or best",
+    )
+    evaluate.add_argument("--split", choices=("val", "train", "all"), default="val")
+    evaluate.add_argument(
+        "--figures", action="store_true", help="write the qualitative grid of paper Fig. 7/8"
+    )
+    evaluate.add_argument(
+        "--against",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a second run (e.g. the baseline) shown beside this one",
+    )
+    evaluate.add_argument("--num-slices", type=int, default=4, help="rows in the figure")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -39,6 +39,11 @@ class LowResSegmenter(nn.Module):
         return 0 if self.head is None else self.head.num_stages
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        outputs = self.forward_all(x)
+        return outputs if self.training else outputs[-1]
+
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        """Logits of every stage, coarse to fine, in either mode (for per-stage scoring)."""
         height, width = x.shape[-2:]
         if height % self.divisor or width % self.divisor:
             raise ValueError(
@@ -46,8 +51,7 @@ class LowResSegmenter(nn.Module):
                 f"{self.divisor} for this backbone (the model was built for {self.input_size})"
             )
         logits = self.backbone(x)
-        outputs = [logits] if self.head is None else self.head(logits)
-        return outputs if self.training else outputs[-1]
+        return [logits] if self.head is None else self.head(logits)
 
 
 def _valid_sizes(divisor: int, near: int) -> str:

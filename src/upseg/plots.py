@@ -1,0 +1,71 @@
+"""Figures (matplotlib, written as PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+
+# background black, then red, green, yellow, blue, magenta, cyan, ...
+CLASS_COLOURS = ["#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f032e6", "#42d4f4"]
+
+
+def mask_colormap(num_classes: int) -> ListedColormap:
+    colours = (CLASS_COLOURS * (num_classes // len(CLASS_COLOURS) + 1))[:num_classes]
+    return ListedColormap(colours)
+
+
+def qualitative_grid(
+    rows: Sequence[dict[str, np.ndarray]],
+    columns: Sequence[str],
+    class_names: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """One row per slice; columns name keys of each row dict. Keys starting with 'image'
+    are drawn in grey, the rest as label maps. Nearest-neighbour display, so a 16 x 16
+    input shows its 16 x 16 pixels."""
+    cmap = mask_colormap(len(class_names))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(columns),
+        figsize=(2.2 * len(columns), 2.2 * len(rows) + 0.6),
+        squeeze=False,
+    )
+    for r, row in enumerate(rows):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            data = row[column]
+            if column.startswith("image"):
+                low, high = np.percentile(data, [1, 99])
+                ax.imshow(data, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            else:
+                ax.imshow(
+                    data, cmap=cmap, vmin=0, vmax=len(class_names) - 1, interpolation="nearest"
+                )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(1, len(class_names))]
+    fig.legend(
+        handles,
+        list(class_names[1:]),
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,189 @@
+"""`upseg evaluate`: score a run directory and write JSON, CSV and figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from upseg.data import LowResPairs, SliceStore
+from upseg.evaluate import score
+from upseg.plots import qualitative_grid
+from upseg.resize import downsample_labels, stretch_logits
+from upseg.train import TrainConfig, load_run, method_label, split_patients
+
+SCORE_KEYS = ("paper_dice", "paper_jaccard", "dice", "jaccard")
+
+
+def _patients(config: TrainConfig, store: SliceStore, split: str) -> list[str]:
+    train, val = split_patients(config, store)
+    return {"train": train, "val": val, "all": store.patient_ids()}[split]
+
+
+def score_rows(scores: dict) -> list[dict]:
+    """Flat rows for CSV: overall means, each class, each region."""
+    rows = [
+        {
+            "kind": "mean",
+            "name": "all classes (paper eq. 1/2)",
+            "paper_dice": scores["paper_dice"],
+            "paper_jaccard": scores["paper_jaccard"],
+            "dice": scores["foreground_dice"],
+            "jaccard": scores["foreground_jaccard"],
+        }
+    ]
+    for kind in ("per_class", "regions"):
+        for name, values in scores.get(kind, {}).items():
+            rows.append(
+                {
+                    "kind": kind.removeprefix("per_"),
+                    "name": name,
+                    **{k: values[k] for k in SCORE_KEYS},
+                }
+            )
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@torch.no_grad()
+def _predict_labels(model, images: torch.Tensor, size: int) -> np.ndarray:
+    logits = stretch_logits(model(images).float(), size)
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long().numpy()
+    return logits.argmax(1).numpy()
+
+
+def figure(
+    run: Path, against: Path | None, checkpoint: str, split: str, num_slices: int, path: Path
+) -> Path:
+    """The qualitative grid of paper Fig. 7/8: for up to `num_slices` patients, the slice
+    with the most foreground."""
+    runs = [run] if against is None else [against, run]
+    loaded = [load_run(r, checkpoint) for r in runs]
+    config = loaded[-1][1]
+    store = SliceStore(config.store)
+    patients = _patients(config, store, split)
+    indices = store.indices(patients=patients)
+    foreground = (np.asarray(store.masks[indices]) > 0).sum((1, 2))
+    owner = store.slices[indices, 0]
+    best_per_patient = [  # each patient's slice with the most foreground, largest first
+        indices[np.flatnonzero(owner == p)[np.argmax(foreground[owner == p])]]
+        for p in np.unique(owner)
+    ]
+    best_per_patient.sort(key=lambda i: -int((np.asarray(store.masks[i]) > 0).sum()))
+    chosen = np.array(best_per_patient[:num_slices])
+    columns = ["image at R", "mask at R"]
+    rows = [
+        {
+            "image at R": np.asarray(store.images[i, 0], np.float32),
+            "mask at R": np.asarray(store.masks[i]),
+        }
+        for i in chosen
+    ]
+    for model, cfg, _ in loaded:
+        inputs = store.lowres_images(cfg.input_size, cfg.downsample)[chosen]
+        label = f"{method_label(cfg)} @ {cfg.input_size}"
+        image_key, mask_key = f"image at {cfg.input_size}", f"mask at {cfg.input_size}"
+        if image_key not in columns:
+            columns += [image_key, mask_key]
+            for row, x, i in zip(rows, inputs, chosen, strict=True):
+                row[image_key] = x[0]
+                row[mask_key] = downsample_labels(
+                    torch.from_numpy(np.array(store.masks[i])), cfg.input_size
+                ).numpy()
+        predictions = _predict_labels(model, torch.from_numpy(inputs), store.size)
+        columns.append(label)
+        for row, prediction in zip(rows, predictions, strict=True):
+            row[label] = prediction
+    return qualitative_grid(
+        rows,
+        columns,
+        store.class_names,
+        path,
+        title=f"{split} slices with the most foreground ({checkpoint} weights)",
+    )
+
+
+def evaluate_run(
+    run: str | Path,
+    checkpoint: str = "last",
+    split: str = "val",
+    figures: bool = False,
+    against: str | Path | None = None,
+    num_slices: int = 4,
+    progress: bool = True,
+) -> list[Path]:
+    run = Path(run)
+    model, config, state = load_run(run, checkpoint)
+    store = SliceStore(config.store)
+    dataset = LowResPairs(
+        store,
+        config.input_size,
+        downsample=config.downsample,
+        patients=_patients(config, store, split),
+    )
+    scores = score(
+        model,
+        dataset,
+        store.class_names,
+        config.batch_size,
+        per_stage=model.head is not None,
+        progress=progress,
+    )
+    out = run / "evaluation"
+    out.mkdir(exist_ok=True)
+    stem = f"{checkpoint}_{split}"
+    meta = {
+        "run": str(run),
+        "method": method_label(config),
+        "input_size": config.input_size,
+        "output_size": store.size,
+        "checkpoint": checkpoint,
+        "epoch": state["epoch"],
+        "split": split,
+        "slices": len(dataset),
+    }
+    written = [out / f"{stem}.json", out / f"{stem}.csv"]
+    written[0].write_text(json.dumps({**meta, "scores": scores}, indent=1))
+    _write_csv(written[1], score_rows(scores))
+    if "stages" in scores:
+        rows = [
+            {
+                "stage_resolution": res,
+                "paper_dice": s["paper_dice"],
+                "paper_jaccard": s["paper_jaccard"],
+                "foreground_dice": s["foreground_dice"],
+                "foreground_jaccard": s["foreground_jaccard"],
+            }
+            for res, s in scores["stages"].items()
+        ]
+        written.append(out / f"{stem}_stages.csv")
+        _write_csv(written[-1], rows)
+    if progress:
+        print(
+            f"{meta['method']} @ {config.input_size} -> {store.size}, {checkpoint} weights "
+            f"(epoch {state['epoch']}), {split}: foreground Dice "
+            f"{scores['foreground_dice']:.4f}, paper-style Jaccard "
+            f"{scores['paper_jaccard']:.4f}"
+        )
+    if figures:
+        written.append(
+            figure(
+                run,
+                Path(against) if against else None,
+                checkpoint,
+                split,
+                num_slices,
+                out / f"{stem}_figure.png",
+            )
+        )
+    return written

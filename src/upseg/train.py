@@ -1,0 +1,412 @@
+"""Training: one run = one model on one slice store, written to a run directory.
+
+RUN_DIR/config.yaml       the resolved configuration
+RUN_DIR/metrics.jsonl     one line per epoch: loss, validation scores at R, speed
+RUN_DIR/checkpoints/      last.pt and best.pt (by validation foreground Dice), written
+                          atomically; torch.load(..., weights_only=True) reads them
+
+Every epoch reseeds from (seed, epoch), so a run resumed from the last epoch-end checkpoint
+replays the interrupted epoch exactly and ends where an uninterrupted run would (bit-exact
+with `deterministic`). Under torchrun the model trains with DistributedDataParallel (gloo on
+CPU, nccl on GPU); rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from upseg.data import LowResPairs, SliceStore
+from upseg.evaluate import score
+from upseg.losses import MultiScaleLoss
+from upseg.models import LowResSegmenter, build
+from upseg.runtime import keep_freed_memory
+
+HEADS = ("plain", "skip", "none")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss, bad configuration of a run directory)."""
+
+
+@dataclass
+class TrainConfig:
+    store: str
+    out: str
+    backbone: str = "elunet"
+    head: str = "plain"  # plain | skip | none
+    head_init: str = "default"  # default | upsample
+    input_size: int = 16
+    output_size: int | None = None  # default: the store's size R
+    backbone_kwargs: dict = field(default_factory=dict)
+    loss: str = "ce"
+    target_resize: str = "nearest"
+    stage_weights: str = "equal"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    downsample: str = "area"
+    flips: bool = True
+    workers: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+    deterministic: bool = False
+    folds: int = 0  # > 0: patient-level k-fold cross-validation, validating on `fold`
+    fold: int = 0
+    max_steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam, adamw or sgd")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def fold_patients(patient_ids: list[str], folds: int, fold: int, seed: int) -> list[str]:
+    """Validation patients of `fold` in a seeded, patient-level k-fold partition."""
+    ids = sorted(patient_ids)
+    if folds > len(ids):
+        raise ValueError(f"{folds} folds need at least {folds} patients, the store has {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return sorted(ids[i] for i in order[fold::folds])
+
+
+def split_patients(config: TrainConfig, store: SliceStore) -> tuple[list[str], list[str]]:
+    """(train, validation) patients: the store's split, or fold `config.fold` of k."""
+    if config.folds:
+        val = fold_patients(store.patient_ids(), config.folds, config.fold, config.seed)
+        return [p for p in store.patient_ids() if p not in set(val)], val
+    return store.patient_ids("train"), store.patient_ids("val")
+
+
+def method_label(config: TrainConfig) -> str:
+    """'elunet' (baseline) or 'elunet+plain' / 'elunet+skip' (+ ':upsample' init)."""
+    if config.head == "none":
+        return config.backbone
+    init = ":upsample" if config.head_init == "upsample" else ""
+    return f"{config.backbone}+{config.head}{init}"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_model(config: TrainConfig, store: SliceStore) -> LowResSegmenter:
+    if config.output_size not in (None, store.size):
+        raise ValueError(
+            f"output_size {config.output_size} differs from the store's resolution {store.size}: "
+            f"prepare the store with --size {config.output_size}, or leave --output-size out"
+        )
+    num_classes = len(store.class_names)
+    if config.loss == "bce":
+        num_classes = 1
+    return build(
+        config.backbone,
+        len(store.modalities),
+        num_classes,
+        config.input_size,
+        config.output_size or store.size,
+        head=None if config.head == "none" else config.head,
+        head_init=config.head_init,
+        **config.backbone_kwargs,
+    )
+
+
+class Trainer:
+    """Runs (or resumes) one training run; `run()` returns the last epoch's metrics."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.run_dir = Path(config.out)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = _device(config.device)
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.main = self.rank == 0
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.store = SliceStore(config.store)
+        self._datasets()
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.store).to(self.device)
+        self._prepare_run_dir(resume)  # only once the configuration has proved buildable
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.criterion = MultiScaleLoss(
+            1 if config.loss == "bce" else len(self.store.class_names),
+            base=config.loss,
+            target_resize=config.target_resize,
+            weights=config.stage_weights,
+        )
+        self.optimizer = self._optimizer()
+        self.start_epoch, self.best_score = 0, -math.inf
+        if resume:
+            self._load_last()
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    # -- set-up --------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        checkpoints = self.run_dir / "checkpoints"
+        if resume:
+            if not (checkpoints / "last.pt").is_file():
+                raise TrainingError(f"{self.run_dir}: nothing to resume (no checkpoints/last.pt)")
+            saved = yaml.safe_load((self.run_dir / "config.yaml").read_text())
+            if saved != dataclasses.asdict(self.config):
+                changed = sorted(
+                    k for k in saved if saved[k] != dataclasses.asdict(self.config).get(k)
+                )
+                raise TrainingError(
+                    f"{self.run_dir}: --resume needs the run's own configuration; "
+                    f"these settings differ: {changed}"
+                )
+            return
+        if self.main:
+            if (self.run_dir / "metrics.jsonl").exists():
+                raise TrainingError(
+                    f"{self.run_dir}: a run already exists here; use --resume to continue it "
+                    "or choose another --out"
+                )
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False)
+            )
+
+    def _datasets(self) -> None:
+        config = self.config
+        train, val = split_patients(config, self.store)
+        self.train_set = LowResPairs(
+            self.store,
+            config.input_size,
+            downsample=config.downsample,
+            flips=config.flips,
+            patients=train,
+        )
+        self.val_set = LowResPairs(
+            self.store, config.input_size, downsample=config.downsample, patients=val
+        )
+        if len(self.train_set) == 0:
+            raise TrainingError(f"{config.store}: the training split holds no slices")
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        config, params = self.config, self.model.parameters()
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(
+                params, config.lr, momentum=0.9, weight_decay=config.weight_decay
+            )
+        kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        return kind(params, config.lr, weight_decay=config.weight_decay)
+
+    def _load_last(self) -> None:
+        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        if self.main:  # drop log lines of the epoch that was interrupted
+            lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["epoch"] <= self.start_epoch]
+            (self.run_dir / "metrics.jsonl").write_text("".join(f"{x}\n" for x in kept))
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loader(self, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        if self.world > 1:
+            sampler = DistributedSampler(
+                self.train_set,
+                self.world,
+                self.rank,
+                shuffle=True,
+                seed=self.config.seed,
+                drop_last=True,
+            )
+            sampler.set_epoch(epoch)
+            return DataLoader(
+                self.train_set,
+                self.config.batch_size,
+                sampler=sampler,
+                num_workers=self.config.workers,
+                drop_last=True,
+                generator=generator,
+            )
+        return DataLoader(
+            self.train_set,
+            self.config.batch_size,
+            shuffle=True,
+            num_workers=self.config.workers,
+            drop_last=True,
+            generator=generator,
+        )
+
+    def _train_epoch(self, epoch: int) -> dict:
+        config = self.config
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # flips and dropout per epoch
+        self.net.train()
+        loader = self._loader(epoch)
+        steps = (
+            len(loader)
+            if config.max_steps_per_epoch is None
+            else min(len(loader), config.max_steps_per_epoch)
+        )
+        autocast = torch.autocast(  # bf16 on request; float16 AMP on a GPU otherwise
+            self.device.type,
+            dtype=torch.bfloat16 if config.bf16 else torch.float16,
+            enabled=config.bf16 or self.device.type == "cuda",
+        )
+        scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda" and not config.bf16)
+        total, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not (self.progress and self.main),
+            leave=False,
+        )
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            image = batch["image"].to(self.device, non_blocking=True)
+            mask = batch["mask"].to(self.device, non_blocking=True)
+            if config.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                outputs = self.net(image)
+            loss = self.criterion([o.float() for o in outputs], mask)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"training stopped. The last good weights are in "
+                    f"{self.run_dir / 'checkpoints' / 'last.pt'} (epoch {self.start_epoch}). "
+                    "Lower --lr or check the data for extreme values."
+                )
+            scaler.scale(loss).backward()
+            scaler.step(self.optimizer)
+            scaler.update()
+            total += loss.item() * len(image)
+            seen += len(image)
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+        seconds = time.perf_counter() - start
+        return {
+            "train_loss": total / max(seen, 1),
+            "train_seconds": seconds,
+            "images_per_s": seen * self.world / seconds,
+        }
+
+    def run(self) -> dict:
+        config, record = self.config, {}
+        for epoch in range(self.start_epoch, config.epochs):
+            record = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+            if self.world > 1:
+                dist.barrier()
+            if self.main:
+                start = time.perf_counter()
+                scores = score(
+                    self.model, self.val_set, self.store.class_names, config.batch_size, self.device
+                )
+                record["val_seconds"] = time.perf_counter() - start
+                record["val"] = {k: v for k, v in scores.items() if k != "counts"}
+                current = scores["foreground_dice"]
+                improved = not math.isnan(current) and current > self.best_score
+                if improved:
+                    self.best_score = current
+                self._checkpoint(epoch + 1, improved, record)
+                if self.progress:
+                    print(
+                        f"epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f}, "
+                        f"val foreground Dice {current:.4f}, paper-style Jaccard "
+                        f"{scores['paper_jaccard']:.4f}, {record['images_per_s']:.1f} images/s"
+                    )
+            if self.world > 1:
+                dist.barrier()
+        return record
+
+    def _checkpoint(self, epoch: int, improved: bool, record: dict) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "best_score": self.best_score,
+            "config": dataclasses.asdict(self.config),
+            "class_names": self.store.class_names,
+            "modalities": self.store.modalities,
+        }
+        directory = self.run_dir / "checkpoints"
+        if improved:
+            _atomic_save(state, directory / "best.pt")
+        _atomic_save(state, directory / "last.pt")
+        with (self.run_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    trainer = Trainer(config, resume=resume, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def load_run(
+    run_dir: str | Path, checkpoint: str = "best"
+) -> tuple[LowResSegmenter, TrainConfig, dict]:
+    """The model of a run directory with the weights of `checkpoint` (best or last)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise TrainingError(f"{run_dir}: no checkpoints/{checkpoint}.pt; is this a run folder?")
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config, SliceStore(config.store))
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state

@@ -1,0 +1,266 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from upseg.data import BratsReader, PhantomReader, SliceStore, prepare
+from upseg.report import evaluate_run
+from upseg.train import TrainConfig, Trainer, TrainingError, load_checkpoint, train
+
+TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "phantom"
+    return prepare(
+        PhantomReader(size=64, num_patients=5, slices_per_patient=8), out, progress=False
+    )
+
+
+def config(store: Path, out: Path, **kwargs) -> TrainConfig:
+    return TrainConfig(store=str(store), out=str(out), **{**TINY, **kwargs})
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "upseg", *argv], capture_output=True, text=True, check=False
+    )
+
+
+class TwoCases(BratsReader):
+    def items(self) -> list[Path]:
+        return super().items()[:2]
+
+
+def test_short_real_training_loss_falls(shared_data: Path, tmp_path: Path) -> None:
+    reader = TwoCases(shared_data / "brats2018", slices="tumour")
+    store = prepare(reader, tmp_path / "brats", progress=False)
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            store=str(store),
+            out=str(run),
+            backbone_kwargs={"base_width": 8},
+            input_size=16,
+            batch_size=8,
+            epochs=3,
+            max_steps_per_epoch=5,
+            lr=3e-3,
+        ),
+        progress=False,
+    )
+    losses = [m["train_loss"] for m in metrics(run)]
+    assert losses[-1] < losses[0], losses
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 3 and state["class_names"] == ["background", "NCR", "ED", "ET"]
+
+
+def test_run_directory(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    record = train(config(store, run, epochs=2, output_size=64), progress=False)
+    assert record["epoch"] == 2 and record["images_per_s"] > 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["head"] == "plain" and saved["output_size"] == 64
+    lines = metrics(run)
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert 0 <= lines[-1]["val"]["paper_jaccard"] <= 1
+    assert set(lines[-1]["val"]["regions"]) == {"WT", "TC", "ET"}
+    for name in ("last", "best"):
+        state = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)
+        assert "model" in state and "optimizer" in state
+    with pytest.raises(TrainingError, match="a run already exists here"):
+        train(config(store, run, epochs=2), progress=False)
+
+
+def wait_for_line(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().count("\n") >= 1:
+            return
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read() if process.stderr else "exited")
+        time.sleep(0.01)
+    raise AssertionError("no epoch finished in time")
+
+
+def test_resume_after_sigkill_matches_uninterrupted(store: Path, tmp_path: Path) -> None:
+    flags = [
+        "--store",
+        str(store),
+        "--backbone-kwargs",
+        '{"base_width": 4}',
+        "--input-size",
+        "16",
+        "--output-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "3",
+        "--deterministic",
+        "true",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "upseg", "train", *flags, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_line(killed / "metrics.jsonl", process)
+    os.kill(process.pid, signal.SIGKILL)  # during epoch 2
+    process.wait()
+    assert [m["epoch"] for m in metrics(killed)] == [1]
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 1
+    result = cli("train", "--resume", str(killed), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert [m["epoch"] for m in metrics(killed)] == [1, 2, 3]
+    clean = tmp_path / "clean"
+    assert cli("train", *flags, "--out", str(clean)).returncode == 0
+    resumed = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
+    uninterrupted = load_checkpoint(clean / "checkpoints" / "last.pt")["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+class PoisonedTrainer(Trainer):
+    """Feeds NaN inputs from the second epoch on."""
+
+    def _train_epoch(self, epoch: int) -> dict:
+        if epoch == 1:
+            self.train_set.inputs = self.train_set.inputs * float("nan")
+        return super()._train_epoch(epoch)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = PoisonedTrainer(config(store, run, epochs=3), progress=False)
+    with pytest.raises(TrainingError, match=r"the loss became nan at epoch 2, step 1"):
+        trainer.run()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [m["epoch"] for m in metrics(run)] == [1]
+
+
+def test_nan_input_exits_non_zero(store: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    prepare(PhantomReader(size=64, num_patients=3, slices_per_patient=2), copy, progress=False)
+    inputs = SliceStore(copy).lowres_images(16)
+    inputs[:] = float("nan")
+    import numpy as np
+
+    np.save(copy / "lowres" / "images_r16_area.npy", inputs)
+    result = cli(
+        "train",
+        "--store",
+        str(copy),
+        "--out",
+        str(tmp_path / "run"),
+        "--input-size",
+        "16",
+        "--batch-size",
+        "2",
+        "--backbone-kwargs",
+        '{"base_width": 4}',
+        "--quiet",
+    )
+    assert result.returncode == 1
+    assert "the loss became nan at epoch 1, step 1" in result.stderr
+
+
+def test_evaluate_baseline_and_head(store: Path, tmp_path: Path) -> None:
+    baseline, head = tmp_path / "baseline", tmp_path / "head"
+    train(config(store, baseline, head="none", epochs=1), progress=False)
+    train(config(store, head, head_init="upsample", epochs=1), progress=False)
+    written = evaluate_run(baseline, progress=False)
+    assert [p.name for p in written] == ["last_val.json", "last_val.csv"]
+    written = evaluate_run(head, figures=True, against=baseline, num_slices=2, progress=False)
+    names = [p.name for p in written]
+    assert names == ["last_val.json", "last_val.csv", "last_val_stages.csv", "last_val_figure.png"]
+    result = json.loads(written[0].read_text())
+    assert result["method"] == "elunet+plain:upsample" and result["output_size"] == 64
+    assert sorted(result["scores"]["stages"], key=int) == ["16", "32", "64"]
+    for stage in result["scores"]["stages"].values():
+        assert 0 <= stage["paper_jaccard"] <= 1
+    assert written[-1].stat().st_size > 10_000
+
+
+def test_config_file_and_flags(store: Path, tmp_path: Path) -> None:
+    settings = tmp_path / "experiment.yaml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "store": str(store),
+                "epochs": 5,
+                "head": "none",
+                "backbone_kwargs": {"base_width": 4},
+                "batch_size": 4,
+            }
+        )
+    )
+    run = tmp_path / "run"
+    result = cli("train", "--config", str(settings), "--epochs", "1", "--out", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["epochs"] == 1 and saved["head"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["train", "--resume", "nowhere"], 1, "nothing to resume"),
+        (["train", "--store", "s"], 2, "--out is required"),
+        (["train", "--store", "s", "--out", "o", "--head", "big"], 2, "invalid choice: 'big'"),
+        (["train", "--store", "nowhere", "--out", "o"], 1, "not a slice store"),
+        (
+            ["train", "--store", "STORE", "--out", "o", "--output-size", "128"],
+            2,
+            "differs from the store's resolution 64",
+        ),
+        (["evaluate", "nowhere"], 1, "no checkpoints/last.pt"),
+    ],
+)
+def test_cli_errors(argv: list[str], code: int, message: str, store: Path, tmp_path: Path) -> None:
+    argv = [str(tmp_path / a) if a in ("nowhere", "o") else a for a in argv]
+    argv = [str(store) if a == "STORE" else a for a in argv]
+    result = cli(*argv)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+
+
+def test_unknown_config_key(tmp_path: Path) -> None:
+    settings = tmp_path / "bad.yaml"
+    settings.write_text("store: s\nout: o\nlearning_rate: 0.1\n")
+    result = cli("train", "--config", str(settings))
+    assert (
+        result.returncode == 2 and "unknown configuration keys ['learning_rate']" in result.stderr
+    )
+
+
+def test_fold_patients_partition() -> None:
+    from upseg.train import fold_patients
+
+    ids = [f"p{i}" for i in range(7)]
+    folds = [fold_patients(ids, 3, k, seed=1) for k in range(3)]
+    assert sorted(p for fold in folds for p in fold) == ids
+    assert [len(fold) for fold in folds] == [3, 2, 2]
+    assert fold_patients(list(reversed(ids)), 3, 0, seed=1) == folds[0]
