@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	# Until `upseg demo` lands, the main job is the model profile (real counts, no training).
-	$(BIN)/upseg profile
+	$(BIN)/upseg demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -69,3 +69,44 @@ def qualitative_grid(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def tradeoff_plot(
+    points: Sequence[dict],
+    x: str,
+    y: str,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_x: bool = False,
+) -> Path:
+    """One line per method through its points (dicts with 'method', x, y and optional
+    y + '_std' error bars), labelled at each point with its input size."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = sorted((p for p in points if p["method"] == method), key=lambda p: p[x])
+        xs, ys = [p[x] for p in mine], [p[y] for p in mine]
+        errors = [p.get(f"{y}_std", 0.0) or 0.0 for p in mine]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=method)
+        for p in mine:
+            ax.annotate(
+                str(p["input"]),
+                (p[x], p[y]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+            )
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -109,7 +109,7 @@ def figure(
         columns,
         store.class_names,
         path,
-        title=f"{split} slices with the most foreground ({checkpoint} weights)",
+        title=f"{split} patients: the slice with the most foreground each ({checkpoint} weights)",
     )
 
 

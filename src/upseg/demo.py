@@ -1,0 +1,159 @@
+"""`upseg demo`: the baseline against the up-scaling head, measured end to end.
+
+On the built-in phantom (or a real dataset with --data), for each input size r: trains the
+ELU-Net baseline and ELU-Net + plain head (`upsample` start), scores both at R with their
+last weights, counts parameters and GMac, times batch-1 inference on this machine, and
+writes a table and figures. Re-running reuses finished runs and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+from upseg.data import (
+    BratsReader,
+    DecathlonReader,
+    FolderReader,
+    LowResPairs,
+    PhantomReader,
+    SliceStore,
+)
+from upseg.data import prepare as prepare_store
+from upseg.evaluate import score
+from upseg.latency import end_to_end_latency_ms
+from upseg.plots import tradeoff_plot
+from upseg.profile import count_macs, count_parameters
+from upseg.report import figure
+from upseg.train import TrainConfig, load_run, method_label, split_patients, train
+
+READERS = {"brats": BratsReader, "decathlon": DecathlonReader, "folder": FolderReader}
+COLUMNS = (
+    "method",
+    "input",
+    "output",
+    "foreground_dice",
+    "paper_jaccard",
+    "params",
+    "gmac",
+    "latency_ms",
+)
+
+
+def _store(out: Path, data: Path | None, fmt: str | None, progress: bool) -> Path:
+    path = out / ("store-phantom" if data is None else f"store-{fmt}")
+    if (path / "manifest.json").is_file():
+        return path
+    reader = PhantomReader() if data is None else READERS[fmt](data)
+    return prepare_store(reader, path, force=path.exists(), progress=progress, command="upseg demo")
+
+
+def _run(config: TrainConfig, progress: bool) -> Path:
+    run = Path(config.out)
+    metrics = run / "metrics.jsonl"
+    done = metrics.is_file() and metrics.read_text().count("\n") >= config.epochs
+    if not done:
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        if not resume and run.exists():  # a run killed before its first epoch ended
+            shutil.rmtree(run)
+        train(config, resume=resume, progress=progress)
+    return run
+
+
+def markdown(rows: list[dict]) -> str:
+    header = (
+        "| method | input | output | foreground Dice | paper-style Jaccard | params | "
+        "GMac | latency ms (batch 1) |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['input']} | {r['output']} | {r['foreground_dice']:.4f} | "
+            f"{r['paper_jaccard']:.4f} | {r['params']:,} | {r['gmac']:.4f} | "
+            f"{r['latency_ms']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def run_demo(
+    out: str | Path = "upseg-out/demo",
+    data: str | Path | None = None,
+    fmt: str | None = None,
+    resolutions: tuple[int, ...] = (16, 32),
+    epochs: int = 15,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    out, start = Path(out), time.perf_counter()
+    store_path = _store(out, Path(data) if data else None, fmt, progress)
+    store = SliceStore(store_path)
+    rows, figures = [], []
+    for r in resolutions:
+        runs = []
+        for head, init in (("none", "default"), ("plain", "upsample")):
+            config = TrainConfig(
+                store=str(store_path),
+                out=str(out / "runs" / f"{head}_r{r}"),
+                head=head,
+                head_init=init,
+                input_size=r,
+                epochs=epochs,
+                batch_size=batch_size,
+            )
+            if progress:
+                print(f"== {method_label(config)} at input {r} -> {store.size}")
+            runs.append(_run(config, progress))
+        for run in runs:
+            model, config, _ = load_run(run, "last")
+            val = LowResPairs(
+                store, r, downsample=config.downsample, patients=split_patients(config, store)[1]
+            )
+            scores = score(model, val, store.class_names, batch_size)
+            channels = len(store.modalities)
+            rows.append(
+                {
+                    "method": method_label(config),
+                    "input": r,
+                    "output": store.size,
+                    "foreground_dice": scores["foreground_dice"],
+                    "paper_jaccard": scores["paper_jaccard"],
+                    "params": count_parameters(model),
+                    "gmac": count_macs(model, (1, channels, r, r)) / 1e9,
+                    "latency_ms": end_to_end_latency_ms(model, channels, store.size)["median_ms"],
+                    "run": str(run),
+                }
+            )
+        figures.append(figure(runs[1], runs[0], "last", "val", 4, out / f"qualitative_r{r}.png"))
+    figures.append(
+        tradeoff_plot(
+            rows,
+            "gmac",
+            "foreground_dice",
+            out / "gmac_vs_dice.png",
+            "GMac per image (log)",
+            "foreground Dice (validation)",
+            "Cost against quality",
+            log_x=True,
+        )
+    )
+    table = markdown(rows)
+    (out / "results.md").write_text(table + "\n")
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    seconds = time.perf_counter() - start
+    print(
+        f"\nValidation at {store.size} x {store.size} ({len(store.patient_ids('val'))} held-out "
+        f"patients), {epochs} epochs each, measured by this run in {seconds:.0f} s:\n"
+    )
+    print(table)
+    print("\nfigures:")
+    for path in figures:
+        print(f"  {path}")
+    print(f"tables: {out / 'results.md'}, {out / 'results.csv'}")
+    return {"rows": rows, "figures": figures, "seconds": seconds}

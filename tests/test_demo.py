@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from upseg.demo import run_demo
+
+
+def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
+    result = run_demo(tmp_path, resolutions=(16,), epochs=1, batch_size=16, progress=False)
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == ["elunet", "elunet+plain:upsample"]
+    baseline, head = rows
+    assert head["params"] - baseline["params"] == 4 * (13 * 16 + 2 * 4)  # 4 stages, Nc = 4
+    assert 0 < baseline["gmac"] < head["gmac"] < baseline["gmac"] + 0.05
+    assert all(0 <= r["foreground_dice"] <= 1 and r["latency_ms"] > 0 for r in rows)
+    for path in result["figures"]:
+        assert path.is_file() and path.stat().st_size > 5_000
+    printed = capsys.readouterr().out
+    assert "| elunet+plain:upsample | 16 | 256 |" in printed
+    assert (tmp_path / "results.md").read_text().startswith("| method |")
+    metrics = tmp_path / "runs" / "plain_r16" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    again = run_demo(tmp_path, resolutions=(16,), epochs=1, batch_size=16, progress=False)
+    assert metrics.stat().st_mtime_ns == before  # finished runs are reused, not retrained
+    assert again["rows"][1]["foreground_dice"] == head["foreground_dice"]
