@@ -1,0 +1,98 @@
+"""Training-step time of the head against the baseline at the same input size.
+
+ELU-Net (n = 16), 4 input channels, 4 classes, R = 256, Adam, random data of the real shapes.
+A baseline step trains against the mask at r; a head step against all stages up to 256.
+Runs are interleaved and repeated; the median step time of each is reported.
+
+usage: python benchmarks/train_step.py [--batch 32] [--steps 8] [--repeats 3] [--bf16]
+       [--channels-last] [--no-malloc-setting] [--heads plain skip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from upseg.losses import MultiScaleLoss
+from upseg.models import build
+from upseg.resize import downsample_labels
+from upseg.runtime import keep_freed_memory
+
+R, CLASSES, CHANNELS = 256, 4, 4
+
+
+def make_step(r: int, head: str | None, batch: int, bf16: bool, channels_last: bool):
+    torch.manual_seed(0)
+    model = build("elunet", CHANNELS, CLASSES, r, R if head else None, head=head).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = MultiScaleLoss(CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(batch, CHANNELS, r, r)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mask = torch.randint(0, CLASSES, (batch, R, R), dtype=torch.uint8)
+    if head is None:
+        mask = downsample_labels(mask, r).contiguous()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            outputs = model(x)
+        criterion([o.float() for o in outputs], mask).backward()
+        optimizer.step()
+
+    return step
+
+
+def timed(step, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--heads", nargs="+", default=["plain", "skip"])
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-malloc-setting", action="store_true")
+    args = parser.parse_args()
+    applied = False if args.no_malloc_setting else keep_freed_memory()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"bf16 {args.bf16}, channels_last {args.channels_last}, malloc setting {applied}"
+    )
+    print("| input | method | step ms (median) | images/s | ratio to baseline |")
+    print("|---|---|---|---|---|")
+    for r in args.sizes:
+        variants = {"baseline": None, **{f"+{h}": h for h in args.heads}}
+        steps = {
+            name: make_step(r, head, args.batch, args.bf16, args.channels_last)
+            for name, head in variants.items()
+        }
+        for step in steps.values():
+            timed(step, 2)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                times[name].append(timed(step, args.steps))
+        base = statistics.median(times["baseline"])
+        for name in steps:
+            t = statistics.median(times[name])
+            print(
+                f"| {r} | elunet{'' if name == 'baseline' else name} | {1000 * t:.0f} | "
+                f"{args.batch / t:.1f} | {t / base:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
