@@ -302,6 +302,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from upseg.data import DataError
+    from upseg.sweep import run_sweep
+    from upseg.train import TrainingError
+
+    extra = {
+        k: getattr(args, k)
+        for k in ("lr", "backbone_kwargs", "max_steps_per_epoch")
+        if getattr(args, k) is not None
+    }
+    try:
+        result = run_sweep(
+            args.store,
+            args.out,
+            args.methods,
+            args.resolutions,
+            args.folds,
+            tuple(args.seeds),
+            args.epochs,
+            args.batch_size,
+            extra,
+            progress=not args.quiet,
+        )
+    except (TrainingError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result["tables"])
+    for path in result["figures"]:
+        print(f"wrote {path}")
+    print(f"wrote {args.out / 'sweep.md'}, {args.out / 'sweep.csv'}")
+    return 0
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -536,6 +572,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo, parser=demo)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="methods x input sizes (x folds x seeds): the paper's tables and figures",
+        description="Train and score every method at every input size, resumably; write the "
+        "paper's Table II/III layouts (markdown, CSV) and Fig. 1 / Fig. 5.",
+        epilog="example: upseg sweep --store stores/brats --out sweeps/brats --methods elunet "
+        "elunet+plain elunet+plain:upsample elunet+skip unet --resolutions 16 32 64 --folds 5",
+    )
+    sweep.add_argument("--store", type=Path, required=True)
+    sweep.add_argument("--out", type=Path, required=True)
+    sweep.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        metavar="METHOD",
+        help="backbone[+plain|+skip[:upsample]], e.g. elunet elunet+plain:upsample",
+    )
+    sweep.add_argument("--resolutions", type=int, nargs="+", required=True, metavar="R")
+    sweep.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="k-fold patient-level cross-validation (default: the store's split)",
+    )
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0])
+    sweep.add_argument("--epochs", type=int, default=10)
+    sweep.add_argument("--batch-size", type=int, default=32)
+    sweep.add_argument("--lr", type=float)
+    sweep.add_argument("--backbone-kwargs", type=_json_dict, metavar="JSON")
+    sweep.add_argument("--max-steps-per-epoch", type=int)
+    sweep.add_argument("--quiet", action="store_true")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

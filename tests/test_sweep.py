@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from upseg.data import PhantomReader, prepare
+from upseg.sweep import Method, parse_method, run_sweep
+
+
+def test_parse_method() -> None:
+    assert parse_method("elunet") == Method("elunet", "none", "default")
+    assert parse_method("unet+skip:upsample") == Method("unet", "skip", "upsample")
+    assert parse_method("elunet+plain:upsample").name == "elunet+plain:upsample"
+    with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
+        parse_method("resnet+plain")
+    with pytest.raises(ValueError, match="is not backbone"):
+        parse_method("elunet+wide")
+
+
+def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
+    store = prepare(
+        PhantomReader(size=128, num_patients=4, slices_per_patient=3),
+        tmp_path / "store",
+        progress=False,
+    )
+    out = tmp_path / "sweep"
+    kwargs = {
+        "folds": 2,
+        "epochs": 1,
+        "batch_size": 4,
+        "extra": {"backbone_kwargs": {"base_width": 4}},
+        "progress": False,
+    }
+    result = run_sweep(store, out, ["elunet", "elunet+skip"], [16], **kwargs)
+    rows = result["rows"]
+    assert [(r["method"], r["input"], r["runs"]) for r in rows] == [
+        ("elunet", 16, 2),
+        ("elunet+skip", 16, 2),
+    ]
+    assert rows[1]["params"] > rows[0]["params"] and rows[1]["gmac"] > rows[0]["gmac"]
+    assert 0 <= rows[0]["ED_paper_jaccard"] <= 1 and rows[0]["paper_jaccard_std"] >= 0
+    tables = (out / "sweep.md").read_text()
+    assert "| elunet+skip | 16 | 2 |" in tables and "±" in tables
+    assert "NCR Dice | NCR Jaccard" in tables
+    for figure in result["figures"]:
+        assert figure.is_file() and figure.stat().st_size > 5_000
+    runs = sorted((out / "runs").iterdir())
+    assert [r.name for r in runs] == [
+        "elunet+skip_r16_f0_s0",
+        "elunet+skip_r16_f1_s0",
+        "elunet_r16_f0_s0",
+        "elunet_r16_f1_s0",
+    ]
+    stamps = [(r / "checkpoints" / "last.pt").stat().st_mtime_ns for r in runs]
+    again = run_sweep(store, out, ["elunet", "elunet+skip"], [16], **kwargs)
+    assert [(r / "checkpoints" / "last.pt").stat().st_mtime_ns for r in runs] == stamps
+    assert again["rows"][0]["paper_jaccard"] == rows[0]["paper_jaccard"]
+
+
+def test_sweep_cli_bad_method(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "upseg",
+            "sweep",
+            "--store",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--methods",
+            "elunet+huge",
+            "--resolutions",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "method 'elunet+huge' is not backbone" in result.stderr
