@@ -40,7 +40,13 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
         ("elunet", 16, 2),
         ("elunet+skip", 16, 2),
     ]
-    assert rows[1]["params"] > rows[0]["params"] and rows[1]["gmac"] > rows[0]["gmac"]
+    from upseg.models import build, skip_head_num_params
+    from upseg.profile import count_parameters
+
+    small = count_parameters(build("elunet", 4, 4, 16, base_width=4))  # the runs' own settings
+    assert rows[0]["params"] == small
+    assert rows[1]["params"] == small + skip_head_num_params(4, 3)
+    assert rows[1]["gmac"] > rows[0]["gmac"]
     assert 0 <= rows[0]["ED_paper_jaccard"] <= 1 and rows[0]["paper_jaccard_std"] >= 0
     tables = (out / "sweep.md").read_text()
     assert "| elunet+skip | 16 | 2 |" in tables and "±" in tables
@@ -82,3 +88,33 @@ def test_sweep_cli_bad_method(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "method 'elunet+huge' is not backbone" in result.stderr
+
+
+def test_sweep_refuses_changed_settings_and_empty(tmp_path: Path) -> None:
+    from upseg.train import TrainingError
+
+    store = prepare(
+        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
+        tmp_path / "store",
+        progress=False,
+    )
+    kwargs = {"epochs": 1, "batch_size": 2, "progress": False}
+    run_sweep(
+        store,
+        tmp_path / "s",
+        ["elunet"],
+        [16],
+        extra={"backbone_kwargs": {"base_width": 4}},
+        **kwargs,
+    )
+    with pytest.raises(TrainingError, match="holds a run with other settings"):
+        run_sweep(
+            store,
+            tmp_path / "s",
+            ["elunet"],
+            [16],
+            extra={"backbone_kwargs": {"base_width": 8}},
+            **kwargs,
+        )
+    with pytest.raises(ValueError, match="no runs to report"):
+        run_sweep(store, tmp_path / "s", ["elunet+skip"], [16], **kwargs)

@@ -153,7 +153,7 @@ class PoisonedTrainer(Trainer):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     trainer = PoisonedTrainer(config(store, run, epochs=3), progress=False)
-    with pytest.raises(TrainingError, match=r"the loss became nan at epoch 2, step 1"):
+    with pytest.raises(TrainingError, match=r"at epoch 2, step 1; .*last.pt \(epoch 1\)"):
         trainer.run()
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 1
@@ -164,10 +164,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store: Path, tmp_path
 def test_nan_input_exits_non_zero(store: Path, tmp_path: Path) -> None:
     copy = tmp_path / "store"
     prepare(PhantomReader(size=64, num_patients=3, slices_per_patient=2), copy, progress=False)
-    inputs = SliceStore(copy).lowres_images(16)
-    inputs[:] = float("nan")
     import numpy as np
 
+    inputs = np.array(SliceStore(copy).lowres_images(16))
+    inputs[:] = float("nan")
     np.save(copy / "lowres" / "images_r16_area.npy", inputs)
     result = cli(
         "train",
@@ -264,3 +264,40 @@ def test_fold_patients_partition() -> None:
     assert sorted(p for fold in folds for p in fold) == ids
     assert [len(fold) for fold in folds] == [3, 2, 2]
     assert fold_patients(list(reversed(ids)), 3, 0, seed=1) == folds[0]
+
+
+def test_crash_between_checkpoint_and_log_is_repaired(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(store, run, epochs=2), progress=False)
+    metrics_file = run / "metrics.jsonl"
+    lines = metrics_file.read_text().splitlines()
+    metrics_file.write_text(lines[0] + "\n")  # as if killed after last.pt, before the log line
+    train(config(store, run, epochs=2), resume=True, progress=False)
+    assert metrics_file.read_text().splitlines() == lines
+
+
+def test_run_state_refuses_other_settings(store: Path, tmp_path: Path) -> None:
+    from upseg.train import run_state, train_or_resume
+
+    run = tmp_path / "run"
+    assert train_or_resume(config(store, run, epochs=1), progress=False) == "trained"
+    assert run_state(config(store, run, epochs=1)) == "finished"
+    assert train_or_resume(config(store, run, epochs=1), progress=False) == "skipped (finished)"
+    with pytest.raises(TrainingError, match=r"holds a run with other settings \(lr\)"):
+        run_state(config(store, run, epochs=1, lr=0.1))
+
+
+def test_more_cli_errors(store: Path, tmp_path: Path) -> None:
+    missing = cli("train", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 1 and "No such file" in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [1,\n")
+    bad_yaml = cli("train", "--config", str(broken))
+    assert bad_yaml.returncode == 2 and "not valid YAML" in bad_yaml.stderr
+    resume = cli("train", "--resume", str(tmp_path), "--epochs", "5")
+    assert resume.returncode == 2 and "drop --epochs" in resume.stderr
+    run = tmp_path / "run"
+    train(config(store, run, epochs=1), progress=False)
+    (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    corrupt = cli("evaluate", str(run))
+    assert corrupt.returncode == 1 and "last.pt: cannot read the checkpoint" in corrupt.stderr

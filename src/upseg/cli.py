@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from upseg.errors import DataError, TrainingError
+from upseg.io import write_csv
 from upseg.models import list_backbones
 
 HEAD_CHOICES = ("none", "plain", "skip")
@@ -28,18 +29,9 @@ def _markdown_table(rows: list[dict[str, object]], columns: Sequence[str]) -> st
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
-    from upseg.profile import method_name, profile_row
+    from upseg.models import method_name
+    from upseg.profile import profile_row
 
     rows, skipped = [], []
     for size in args.input_sizes:
@@ -68,7 +60,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if args.csv:
-        _write_csv(args.csv, rows)
+        write_csv(args.csv, rows)
         print(f"\nwrote {args.csv}")
     return 0
 
@@ -149,24 +141,17 @@ def _make_reader(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from upseg.data import DataError, SliceStore, prepare
+    from upseg.data import SliceStore, prepare
 
-    try:
-        reader = _make_reader(args, args.parser)
-        out = prepare(
-            reader,
-            args.out,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            force=args.force,
-            command=" ".join(["upseg", *args.argv]),
-        )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    reader = _make_reader(args, args.parser)
+    out = prepare(
+        reader,
+        args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        force=args.force,
+        command=" ".join(["upseg", *args.argv]),
+    )
     store = SliceStore(out)
     split = store.manifest["split"]
     print(
@@ -185,7 +170,10 @@ def _train_config(args: argparse.Namespace):
 
     values: dict = {}
     if args.config:
-        loaded = yaml.safe_load(args.config.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{args.config}: not valid YAML ({error})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of settings")
         values.update(loaded)
@@ -233,104 +221,79 @@ TRAIN_FLAGS = (
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
-    from upseg.data import DataError
-    from upseg.train import TrainConfig, TrainingError, train
+    from upseg.train import TrainConfig, train
 
-    try:
-        if args.resume:
-            saved = args.resume / "config.yaml"
-            if not saved.is_file():
-                raise TrainingError(f"{args.resume}: nothing to resume (no config.yaml)")
-            config = TrainConfig.from_dict(yaml.safe_load(saved.read_text()))
-        else:
-            config = _train_config(args)
-        record = train(config, resume=args.resume is not None, progress=not args.quiet)
-    except (TrainingError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in TRAIN_FLAGS if getattr(args, k) is not None]
+        if given or args.config:
+            extra = " ".join(given) or "--config"
+            args.parser.error(f"--resume continues a run with its own settings; drop {extra}")
+        saved = args.resume / "config.yaml"
+        if not saved.is_file():
+            raise TrainingError(f"{args.resume}: nothing to resume (no config.yaml)")
+        config = TrainConfig.from_dict(yaml.safe_load(saved.read_text()))
+    else:
+        config = _train_config(args)
+    record = train(config, resume=args.resume is not None, progress=not args.quiet)
     if record and int(os.environ.get("RANK", "0")) == 0:
         print(f"run directory: {config.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from upseg.data import DataError
     from upseg.report import evaluate_run
-    from upseg.train import TrainingError
 
-    try:
-        written = evaluate_run(
-            args.run,
-            checkpoint=args.checkpoint,
-            split=args.split,
-            figures=args.figures,
-            against=args.against,
-            num_slices=args.num_slices,
-            progress=not args.quiet,
-        )
-    except (TrainingError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    written = evaluate_run(
+        args.run,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        figures=args.figures,
+        against=args.against,
+        num_slices=args.num_slices,
+        progress=not args.quiet,
+    )
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from upseg.data import DataError
     from upseg.demo import run_demo
-    from upseg.train import TrainingError
 
     if (args.data is None) != (args.format is None):
         args.parser.error("--data and --format go together (e.g. --data DIR --format brats)")
-    try:
-        run_demo(
-            args.out,
-            args.data,
-            args.format,
-            tuple(args.resolutions),
-            args.epochs,
-            args.batch_size,
-            progress=not args.quiet,
-        )
-    except (TrainingError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    run_demo(
+        args.out,
+        args.data,
+        args.format,
+        tuple(args.resolutions),
+        args.epochs,
+        args.batch_size,
+        progress=not args.quiet,
+    )
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from upseg.data import DataError
     from upseg.sweep import run_sweep
-    from upseg.train import TrainingError
 
     extra = {
         k: getattr(args, k)
         for k in ("lr", "backbone_kwargs", "max_steps_per_epoch")
         if getattr(args, k) is not None
     }
-    try:
-        result = run_sweep(
-            args.store,
-            args.out,
-            args.methods,
-            args.resolutions,
-            args.folds,
-            tuple(args.seeds),
-            args.epochs,
-            args.batch_size,
-            extra,
-            progress=not args.quiet,
-        )
-    except (TrainingError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = run_sweep(
+        args.store,
+        args.out,
+        args.methods,
+        args.resolutions,
+        args.folds,
+        tuple(args.seeds),
+        args.epochs,
+        args.batch_size,
+        extra,
+        progress=not args.quiet,
+    )
     print(result["tables"])
     for path in result["figures"]:
         print(f"wrote {path}")
@@ -519,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run with its own settings",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, parser=train)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -609,10 +572,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 success, 1 bad data or a failed run, 2 bad usage or settings."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DataError, TrainingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a missing or unreadable file named on the command line
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

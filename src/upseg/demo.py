@@ -8,9 +8,6 @@ writes a table and figures. Re-running reuses finished runs and resumes unfinish
 
 from __future__ import annotations
 
-import csv
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -24,11 +21,12 @@ from upseg.data import (
 )
 from upseg.data import prepare as prepare_store
 from upseg.evaluate import score
+from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.latency import end_to_end_latency_ms
 from upseg.plots import tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import figure
-from upseg.train import TrainConfig, load_run, method_label, split_patients, train
+from upseg.train import TrainConfig, load_run, method_label, split_patients, train_or_resume
 
 READERS = {"brats": BratsReader, "decathlon": DecathlonReader, "folder": FolderReader}
 COLUMNS = (
@@ -49,18 +47,6 @@ def _store(out: Path, data: Path | None, fmt: str | None, progress: bool) -> Pat
         return path
     reader = PhantomReader() if data is None else READERS[fmt](data)
     return prepare_store(reader, path, force=path.exists(), progress=progress, command="upseg demo")
-
-
-def _run(config: TrainConfig, progress: bool) -> Path:
-    run = Path(config.out)
-    metrics = run / "metrics.jsonl"
-    done = metrics.is_file() and metrics.read_text().count("\n") >= config.epochs
-    if not done:
-        resume = (run / "checkpoints" / "last.pt").is_file()
-        if not resume and run.exists():  # a run killed before its first epoch ended
-            shutil.rmtree(run)
-        train(config, resume=resume, progress=progress)
-    return run
 
 
 def markdown(rows: list[dict]) -> str:
@@ -105,7 +91,8 @@ def run_demo(
             )
             if progress:
                 print(f"== {method_label(config)} at input {r} -> {store.size}")
-            runs.append(_run(config, progress))
+            train_or_resume(config, progress)
+            runs.append(Path(config.out))
         for run in runs:
             model, config, _ = load_run(run, "last")
             val = LowResPairs(
@@ -140,12 +127,9 @@ def run_demo(
         )
     )
     table = markdown(rows)
-    (out / "results.md").write_text(table + "\n")
-    with (out / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomic(out / "results.md", table + "\n")
+    write_csv(out / "results.csv", rows)
+    write_json(out / "results.json", rows)
     seconds = time.perf_counter() - start
     print(
         f"\nValidation at {store.size} x {store.size} ({len(store.patient_ids('val'))} held-out "

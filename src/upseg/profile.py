@@ -33,11 +33,6 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return counter.get_total_flops() // 2
 
 
-def method_name(backbone: str, head: str | None) -> str:
-    """'elunet' for a baseline, 'elunet+plain' / 'elunet+skip' with a head."""
-    return backbone if head is None else f"{backbone}+{head}"
-
-
 def profile_row(
     backbone: str,
     head: str | None,
@@ -48,7 +43,7 @@ def profile_row(
     **backbone_kwargs,
 ) -> dict[str, object]:
     """Counted cost of one configuration, one image of `in_channels` channels."""
-    from upseg.models import build
+    from upseg.models import build, method_name
 
     with torch.device("meta"):  # counting needs shapes only: no weights are allocated
         model = build(

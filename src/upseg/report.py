@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import torch
 
 from upseg.data import LowResPairs, SliceStore
 from upseg.evaluate import score
+from upseg.io import write_csv, write_json
 from upseg.plots import qualitative_grid
 from upseg.resize import downsample_labels, stretch_logits
 from upseg.train import TrainConfig, load_run, method_label, split_patients
@@ -45,13 +44,6 @@ def score_rows(scores: dict) -> list[dict]:
                 }
             )
     return rows
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 @torch.no_grad()
@@ -90,7 +82,9 @@ def figure(
         for i in chosen
     ]
     for model, cfg, _ in loaded:
-        inputs = store.lowres_images(cfg.input_size, cfg.downsample)[chosen]
+        inputs = np.asarray(
+            store.lowres_images(cfg.input_size, cfg.downsample)[chosen], dtype=np.float32
+        )
         label = f"{method_label(cfg)} @ {cfg.input_size}"
         image_key, mask_key = f"image at {cfg.input_size}", f"mask at {cfg.input_size}"
         if image_key not in columns:
@@ -153,8 +147,8 @@ def evaluate_run(
         "slices": len(dataset),
     }
     written = [out / f"{stem}.json", out / f"{stem}.csv"]
-    written[0].write_text(json.dumps({**meta, "scores": scores}, indent=1))
-    _write_csv(written[1], score_rows(scores))
+    write_json(written[0], {**meta, "scores": scores})
+    write_csv(written[1], score_rows(scores))
     if "stages" in scores:
         rows = [
             {
@@ -167,7 +161,7 @@ def evaluate_run(
             for res, s in scores["stages"].items()
         ]
         written.append(out / f"{stem}_stages.csv")
-        _write_csv(written[-1], rows)
+        write_csv(written[-1], rows)
     if progress:
         print(
             f"{meta['method']} @ {config.input_size} -> {store.size}, {checkpoint} weights "

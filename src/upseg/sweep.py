@@ -10,7 +10,7 @@ validates on one fold. Tables report mean and standard deviation over folds and 
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass
@@ -19,11 +19,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from upseg.data import SliceStore
-from upseg.models import get_backbone_spec
+from upseg.io import write_csv, write_json, write_text_atomic
+from upseg.models import get_backbone_spec, method_name
 from upseg.plots import tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
-from upseg.train import TrainConfig, build_model, train
+from upseg.train import TrainConfig, build_model, train_or_resume
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,7 @@ class Method:
 
     @property
     def name(self) -> str:
-        if self.head == "none":
-            return self.backbone
-        return f"{self.backbone}+{self.head}" + (":upsample" if self.init == "upsample" else "")
+        return method_name(self.backbone, self.head, self.init)
 
 
 def parse_method(text: str) -> Method:
@@ -50,11 +49,6 @@ def parse_method(text: str) -> Method:
             f"method {text!r} is not backbone[+plain|+skip[:upsample]], e.g. elunet+plain:upsample"
         )
     return Method(backbone, head, init)
-
-
-def _finished(run: Path, epochs: int) -> bool:
-    metrics = run / "metrics.jsonl"
-    return metrics.is_file() and metrics.read_text().count("\n") >= epochs
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
@@ -112,12 +106,7 @@ def run_sweep(
     results = []
     for method, r, config in tqdm(jobs, desc="sweep", disable=not progress):
         run = Path(config.out)
-        if _finished(run, config.epochs):
-            status = "skipped (finished)"
-        else:
-            resume = (run / "checkpoints" / "last.pt").is_file()
-            train(config, resume=resume, progress=False)
-            status = "resumed" if resume else "trained"
+        status = train_or_resume(config, progress=False)
         if progress:
             tqdm.write(f"{status}: {run.name}")
         evaluation = run / "evaluation" / "last_val.json"
@@ -136,6 +125,7 @@ def run_sweep(
                 "seed": config.seed,
                 "scores": scores,
                 "train_seconds": seconds,
+                "config": dataclasses.asdict(config),
             }
         )
     return _report(results, parsed, resolutions, slices, out, epochs)
@@ -156,15 +146,7 @@ def _report(
             mine = [x for x in results if x["method"] == method.name and x["input"] == r]
             if not mine:
                 continue
-            config = TrainConfig(
-                store=str(store.path),
-                out="",
-                backbone=method.backbone,
-                head=method.head,
-                head_init=method.init,
-                input_size=r,
-            )
-            model = build_model(config, store)
+            model = build_model(TrainConfig.from_dict(mine[0]["config"]), store)
             row = {
                 "method": method.name,
                 "input": r,
@@ -185,14 +167,13 @@ def _report(
             for key, values in metrics.items():
                 row[key], row[f"{key}_std"] = _spread(values)
             rows.append(row)
+    if not rows:
+        raise ValueError("the sweep has no runs to report: check --methods and --resolutions")
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "sweep.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "sweep_runs.json").write_text(json.dumps(results, indent=1))
+    write_csv(out / "sweep.csv", rows)
+    write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
-    (out / "sweep.md").write_text(tables)
+    write_text_atomic(out / "sweep.md", tables)
     figures = [
         tradeoff_plot(
             rows,

@@ -29,16 +29,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from upseg.data import LowResPairs, SliceStore
+from upseg.errors import TrainingError
 from upseg.evaluate import score
+from upseg.io import write_text_atomic
 from upseg.losses import MultiScaleLoss
-from upseg.models import LowResSegmenter, build
+from upseg.models import LowResSegmenter, build, method_name
 from upseg.runtime import keep_freed_memory
 
 HEADS = ("plain", "skip", "none")
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (non-finite loss, bad configuration of a run directory)."""
 
 
 @dataclass
@@ -69,6 +67,7 @@ class TrainConfig:
     deterministic: bool = False
     folds: int = 0  # > 0: patient-level k-fold cross-validation, validating on `fold`
     fold: int = 0
+    split_seed: int = 0  # the fold partition; separate from `seed` so seeds share folds
     max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
@@ -102,17 +101,13 @@ def fold_patients(patient_ids: list[str], folds: int, fold: int, seed: int) -> l
 def split_patients(config: TrainConfig, store: SliceStore) -> tuple[list[str], list[str]]:
     """(train, validation) patients: the store's split, or fold `config.fold` of k."""
     if config.folds:
-        val = fold_patients(store.patient_ids(), config.folds, config.fold, config.seed)
+        val = fold_patients(store.patient_ids(), config.folds, config.fold, config.split_seed)
         return [p for p in store.patient_ids() if p not in set(val)], val
     return store.patient_ids("train"), store.patient_ids("val")
 
 
 def method_label(config: TrainConfig) -> str:
-    """'elunet' (baseline) or 'elunet+plain' / 'elunet+skip' (+ ':upsample' init)."""
-    if config.head == "none":
-        return config.backbone
-    init = ":upsample" if config.head_init == "upsample" else ""
-    return f"{config.backbone}+{config.head}{init}"
+    return method_name(config.backbone, config.head, config.head_init)
 
 
 def _device(name: str) -> torch.device:
@@ -128,10 +123,57 @@ def _atomic_save(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: checkpoint not found") from None
+    except Exception as error:  # truncated or foreign files raise many types
+        raise TrainingError(f"{path}: cannot read the checkpoint ({error})") from None
+
+
+def changed_settings(run: Path, config: TrainConfig) -> list[str]:
+    """Settings in which the run saved at `run` differs from `config` (settings added to
+    upseg since that run count with their defaults)."""
+    saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    try:
+        saved = dataclasses.asdict(TrainConfig.from_dict(saved))
+    except (TypeError, ValueError):
+        return ["config.yaml"]
+    wanted = dataclasses.asdict(config)
+    return sorted(k for k in wanted if saved.get(k) != wanted[k])
+
+
+def run_state(config: TrainConfig) -> str:
+    """'new', 'partial' (resumable) or 'finished' for the run directory `config.out`.
+    A directory holding a run with other settings is a TrainingError."""
+    run = Path(config.out)
+    if not (run / "checkpoints" / "last.pt").is_file():
+        return "new"
+    changed = changed_settings(run, config)
+    if changed:
+        raise TrainingError(
+            f"{run}: holds a run with other settings ({', '.join(changed)}); "
+            "use another output folder or remove it"
+        )
+    metrics = run / "metrics.jsonl"
+    done = metrics.is_file() and metrics.read_text().count("\n") >= config.epochs
+    return "finished" if done else "partial"
+
+
+def train_or_resume(config: TrainConfig, progress: bool = True) -> str:
+    """Train a new run, resume a partial one, leave a finished one; returns what it did."""
+    state = run_state(config)
+    if state != "finished":
+        train(config, resume=state == "partial", progress=progress)
+    return {"new": "trained", "partial": "resumed", "finished": "skipped (finished)"}[state]
 
 
 def build_model(config: TrainConfig, store: SliceStore) -> LowResSegmenter:
+    if config.loss == "bce" and len(store.class_names) != 2:
+        raise ValueError(
+            f"loss 'bce' is for two classes (background + one), the store has "
+            f"{len(store.class_names)}: {', '.join(store.class_names)}"
+        )
     if config.output_size not in (None, store.size):
         raise ValueError(
             f"output_size {config.output_size} differs from the store's resolution {store.size}: "
@@ -187,6 +229,7 @@ class Trainer:
         )
         self.optimizer = self._optimizer()
         self.start_epoch, self.best_score = 0, -math.inf
+        self.saved_epoch = 0  # epoch of checkpoints/last.pt
         if resume:
             self._load_last()
         self.net = self.model
@@ -199,11 +242,8 @@ class Trainer:
         if resume:
             if not (checkpoints / "last.pt").is_file():
                 raise TrainingError(f"{self.run_dir}: nothing to resume (no checkpoints/last.pt)")
-            saved = yaml.safe_load((self.run_dir / "config.yaml").read_text())
-            if saved != dataclasses.asdict(self.config):
-                changed = sorted(
-                    k for k in saved if saved[k] != dataclasses.asdict(self.config).get(k)
-                )
+            changed = changed_settings(self.run_dir, self.config)
+            if changed:
                 raise TrainingError(
                     f"{self.run_dir}: --resume needs the run's own configuration; "
                     f"these settings differ: {changed}"
@@ -233,8 +273,12 @@ class Trainer:
         self.val_set = LowResPairs(
             self.store, config.input_size, downsample=config.downsample, patients=val
         )
-        if len(self.train_set) == 0:
-            raise TrainingError(f"{config.store}: the training split holds no slices")
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            part = "training" if len(self.train_set) == 0 else "validation"
+            raise TrainingError(
+                f"{config.store}: the {part} patients hold no slices; prepare the store with a "
+                "--val-fraction that leaves patients on both sides, or use --folds"
+            )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         config, params = self.config, self.model.parameters()
@@ -249,12 +293,16 @@ class Trainer:
         state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.best_score = float(state["best_score"])
-        if self.main:  # drop log lines of the epoch that was interrupted
-            lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+        if self.main:  # the log must end at the checkpoint's epoch: trim or complete it
+            metrics = self.run_dir / "metrics.jsonl"
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
             kept = [line for line in lines if json.loads(line)["epoch"] <= self.start_epoch]
-            (self.run_dir / "metrics.jsonl").write_text("".join(f"{x}\n" for x in kept))
+            behind = not kept or json.loads(kept[-1])["epoch"] < self.start_epoch
+            if behind and "record" in state:
+                kept.append(json.dumps(state["record"]))
+            write_text_atomic(metrics, "".join(f"{x}\n" for x in kept))
 
     # -- the loop ------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
@@ -320,12 +368,19 @@ class Trainer:
             with autocast:
                 outputs = self.net(image)
             loss = self.criterion([o.float() for o in outputs], mask)
-            if not torch.isfinite(loss):
+            finite = torch.isfinite(loss.detach()).float().reshape(1)
+            if self.world > 1:  # every rank stops together, none waits in an all-reduce
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
+                kept = (
+                    f"The last good weights are in {self.run_dir / 'checkpoints' / 'last.pt'} "
+                    f"(epoch {self.saved_epoch})."
+                    if self.saved_epoch
+                    else "No epoch had finished, so there is no checkpoint."
+                )
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"training stopped. The last good weights are in "
-                    f"{self.run_dir / 'checkpoints' / 'last.pt'} (epoch {self.start_epoch}). "
-                    "Lower --lr or check the data for extreme values."
+                    f"training stopped. {kept} Lower --lr or check the data for extreme values."
                 )
             scaler.scale(loss).backward()
             scaler.step(self.optimizer)
@@ -379,11 +434,13 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
             "class_names": self.store.class_names,
             "modalities": self.store.modalities,
+            "record": record,  # re-appended to metrics.jsonl if a crash came in between
         }
         directory = self.run_dir / "checkpoints"
         if improved:
             _atomic_save(state, directory / "best.pt")
         _atomic_save(state, directory / "last.pt")
+        self.saved_epoch = epoch
         with (self.run_dir / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 

@@ -120,3 +120,10 @@ def test_missing_modality_in_volume(task: Path) -> None:
 
 def test_merge_must_cover_every_label(task: Path) -> None:
     assert "labels [2] are in no merge group" in error_of(task, merge={"PZ": [1]})
+
+
+def test_fractional_labels(task: Path) -> None:
+    label = np.zeros((24, 20, 5), np.float32)
+    label[3, 3, 2] = 1.5  # a label map resampled with interpolation
+    write_nifti(task / "labelsTr" / "prostate_00.nii.gz", label)
+    assert "label values must be whole numbers, found [1.5]" in error_of(task)

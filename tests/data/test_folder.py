@@ -121,3 +121,15 @@ def test_channel_count_must_agree(tmp_path: Path) -> None:
     png_pairs(tmp_path, ["P1_b.png"], rgb=False)
     message = error_of(FolderReader(tmp_path, patient_regex=r"^(P\d)_"))
     assert "P1_b.png: has 1 channels, other images have 3" in message
+
+
+def test_palette_masks_give_their_indices(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["a.png"])
+    mask = np.zeros((40, 30), np.uint8)
+    mask[5:10, 5:10] = 2
+    palette = Image.fromarray(mask, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "masks" / "a.png")
+    reader = FolderReader(tmp_path, size=40, values={0: 0, 1: 1, 2: 2})
+    case = reader.read(reader.items()[0])
+    assert set(np.unique(case.masks)) == {0, 2}

@@ -143,3 +143,50 @@ def test_dataset_split_and_bad_size(tmp_path: Path) -> None:
         LowResPairs(store, 24)
     with pytest.raises(ValueError, match="unknown split"):
         LowResPairs(store, 16, split="test")
+
+
+def test_case_shapes_must_line_up() -> None:
+    with pytest.raises(ValueError, match="do not line up"):
+        Case(
+            "p",
+            np.zeros((5, 1, 8, 8), np.float32),
+            np.zeros((4, 8, 8), np.uint8),
+            np.arange(4),
+            "src",
+        )
+    with pytest.raises(ValueError, match="do not line up"):
+        Case(
+            "p",
+            np.zeros((4, 1, 8, 8), np.float32),
+            np.zeros((4, 16, 16), np.uint8),
+            np.arange(4),
+            "src",
+        )
+
+
+class MixedChannels(PhantomReader):
+    def read(self, patient: int) -> Case:
+        case = super().read(patient)
+        if patient == 1:
+            case.images = case.images[:, :3]
+            case.source = "second-patient-folder"
+        return case
+
+
+def test_channel_counts_must_agree_across_patients(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"second-patient-folder: slices of shape \(3, 64, 64\)"):
+        prepare(
+            MixedChannels(size=64, num_patients=3, slices_per_patient=2),
+            tmp_path / "s",
+            progress=False,
+        )
+    assert not (tmp_path / "s").exists()
+
+
+def test_force_replaces_only_stores(tmp_path: Path) -> None:
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("keep me")
+    with pytest.raises(DataError, match="is not a slice store"):
+        prepare(small_phantom(), precious, force=True, progress=False)
+    assert (precious / "thesis.txt").read_text() == "keep me"

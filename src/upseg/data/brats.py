@@ -8,6 +8,7 @@ non-zero; 0 outside). Axial slices (last axis) are centred in an R x R frame by 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,16 @@ class BratsReader:
             raise DataError(self.root, "BraTS folder not found")
         if _modality_file(self.root, "seg") is not None:
             return [self.root]
-        cases = sorted(
-            d for d in self.root.iterdir() if d.is_dir() and _modality_file(d, "seg") is not None
-        )
+        folders = sorted(d for d in self.root.iterdir() if d.is_dir())
+        cases = [d for d in folders if _modality_file(d, "seg") is not None]
+        skipped = [d.name for d in folders if d not in cases]
+        if skipped:  # e.g. a misnamed segmentation file: say so instead of losing a patient
+            print(
+                f"warning: {self.root}: skipped {len(skipped)} folders without *_seg.nii[.gz]: "
+                f"{', '.join(skipped[:10])}",
+                file=sys.stderr,
+            )
+            self.options["skipped_folders"] = skipped
         if not cases:
             raise DataError(
                 self.root,

@@ -24,7 +24,8 @@ class Case:
         if (
             self.images.ndim != 4
             or self.masks.ndim != 3
-            or len(self.images) != n != len(self.masks)
+            or not len(self.images) == len(self.masks) == n
+            or self.images.shape[-2:] != self.masks.shape[-2:]
         ):
             raise ValueError(
                 f"case {self.patient_id}: images {self.images.shape}, masks {self.masks.shape} "

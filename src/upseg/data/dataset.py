@@ -44,7 +44,7 @@ class LowResPairs(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor | int]:
         index = int(self.indices[item])
-        image = torch.from_numpy(self.inputs[index])
+        image = torch.from_numpy(np.array(self.inputs[index], dtype=np.float32))
         mask = torch.from_numpy(np.array(self.store.masks[index]))
         if self.flips:
             dims = [d for d, flip in zip((-1, -2), torch.rand(2) < 0.5, strict=True) if flip]

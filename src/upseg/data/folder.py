@@ -25,8 +25,9 @@ LAYOUTS = ("images-masks", "suffix")
 DEFAULT_VALUES = {0: 0, 1: 1, 255: 1}
 
 
-def read_image_file(path: Path) -> np.ndarray:
-    """PNG or TIFF -> (H, W) or (H, W, C) / (C, H, W) array; DataError if unreadable."""
+def read_image_file(path: Path, labels: bool = False) -> np.ndarray:
+    """PNG or TIFF -> (H, W) or (H, W, C) / (C, H, W) array; DataError if unreadable.
+    With `labels`, a palette PNG gives its palette indices (the class values), not colours."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -35,6 +36,8 @@ def read_image_file(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as image:
+            if labels and image.mode == "P":
+                return np.asarray(image)
             if image.mode in ("P", "RGBA", "LA"):
                 image = image.convert("RGB" if image.mode != "LA" else "L")
             return np.asarray(image)
@@ -147,7 +150,7 @@ class FolderReader:
             image = _channels_first(read_image_file(image_path), image_path).astype(np.float32)
             if not np.isfinite(image).all():
                 raise DataError(image_path, "holds NaN or infinite pixels")
-            mask = read_image_file(mask_path)
+            mask = read_image_file(mask_path, labels=True)
             if mask.ndim == 3 and (mask == mask[..., :1]).all():
                 mask = mask[..., 0]
             if mask.ndim != 2:

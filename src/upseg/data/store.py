@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
+from upseg.io import write_json
 from upseg.resize import DOWNSAMPLE_MODES, downsample_image
 
 STORE_VERSION = 1
@@ -58,12 +59,6 @@ def patient_split(patient_ids: list[str], val_fraction: float, seed: int) -> dic
     return {"train": [i for i in ids if i not in set(val)], "val": val}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def prepare(
     reader: Reader,
     out_dir: str | Path,
@@ -77,6 +72,8 @@ def prepare(
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise DataError(out_dir, "already exists; pass --force to replace it")
+    if out_dir.exists() and not (out_dir / "manifest.json").is_file() and any(out_dir.iterdir()):
+        raise DataError(out_dir, "exists and is not a slice store; --force replaces only stores")
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION.get(reader.format, 0.2)
     items = reader.items()
@@ -91,6 +88,15 @@ def prepare(
             tqdm(items, desc=f"prepare {reader.format}", disable=not progress)
         ):
             case = reader.read(item)
+            shape = case.images.shape[1:]
+            if k == 0:
+                first_shape = shape
+            elif shape != first_shape:
+                raise DataError(
+                    case.source,
+                    f"slices of shape {shape} (channels, R, R) differ from the first case's "
+                    f"{first_shape}: every image needs the same channels",
+                )
             if case.patient_id in seen:
                 raise DataError(case.source, f"patient id {case.patient_id!r} occurs twice")
             seen.add(case.patient_id)
@@ -146,7 +152,7 @@ def prepare(
                 "upseg_version": _version(),
             },
         }
-        _write_json(work / "manifest.json", manifest)
+        write_json(work / "manifest.json", manifest)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             out_dir.rename(old)
@@ -217,28 +223,34 @@ class SliceStore:
         return np.flatnonzero(np.isin(self.slices[:, 0], numbers))
 
     def lowres_images(self, size: int, mode: str = "area", progress: bool = False) -> np.ndarray:
-        """(N, C, size, size) float32 inputs, computed once per (size, mode) and cached under
-        lowres/ (in memory only when the store is read-only)."""
+        """(N, C, size, size) inputs, memory-mapped: computed once per (size, mode) and cached
+        under lowres/ as float32 (in memory only when the store is read-only). At size R
+        this is the store's own float16 images."""
         if mode not in DOWNSAMPLE_MODES:
             raise ValueError(f"unknown downsampling {mode!r}; choose one of {DOWNSAMPLE_MODES}")
-        if self.size % size:
+        if size < 1 or self.size % size:
             raise ValueError(f"input size {size} does not divide the store's size {self.size}")
+        if size == self.size:
+            return self.images
         cache = self.path / "lowres" / f"images_r{size}_{mode}.npy"
         if cache.is_file():
-            return np.load(cache)
-        out = np.empty((len(self), self.images.shape[1], size, size), dtype=np.float32)
+            return np.load(cache, mmap_mode="r")
+        shape = (len(self), self.images.shape[1], size, size)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        try:
+            cache.parent.mkdir(exist_ok=True)
+            out = np.lib.format.open_memmap(tmp, "w+", np.float32, shape)
+        except OSError:  # a read-only store still works, without the cache
+            tmp, out = None, np.empty(shape, dtype=np.float32)
         chunk = 64
         for start in tqdm(
             range(0, len(self), chunk), desc=f"inputs at {size} ({mode})", disable=not progress
         ):
             block = torch.from_numpy(np.asarray(self.images[start : start + chunk], np.float32))
             out[start : start + chunk] = downsample_image(block, size, mode).numpy()
-        try:
-            cache.parent.mkdir(exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            with tmp.open("wb") as handle:
-                np.save(handle, out)
-            tmp.replace(cache)
-        except OSError:
-            pass  # a read-only store still works, without the cache
-        return out
+        if tmp is None:
+            return out
+        out.flush()
+        del out
+        tmp.replace(cache)
+        return np.load(cache, mmap_mode="r")

@@ -84,8 +84,12 @@ def stretch(slices: np.ndarray, size: int, labels: bool) -> np.ndarray:
 
 
 def map_labels(labels: np.ndarray, mapping: dict[int, int], path: Path) -> np.ndarray:
-    """Source label values -> class indices (uint8); a value outside `mapping` is a DataError."""
+    """Source label values -> class indices (uint8); a value outside `mapping` or a fractional
+    value (a label map resampled with interpolation) is a DataError."""
     values = np.unique(labels)
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        fractional = values[values != np.round(values)][:5].tolist()
+        raise DataError(path, f"label values must be whole numbers, found {fractional}")
     unknown = sorted(int(v) for v in values if int(v) not in mapping)
     if unknown:
         raise DataError(

@@ -7,7 +7,7 @@ from upseg.models.head import (
     skip_head_num_params,
 )
 from upseg.models.registry import get_backbone_spec, list_backbones, register_backbone
-from upseg.models.segmenter import LowResSegmenter, build
+from upseg.models.segmenter import LowResSegmenter, build, method_name
 
 __all__ = [
     "LowResSegmenter",
@@ -16,6 +16,7 @@ __all__ = [
     "build",
     "get_backbone_spec",
     "list_backbones",
+    "method_name",
     "plain_head_num_params",
     "register_backbone",
     "skip_head_num_params",

@@ -14,6 +14,13 @@ HeadKind = Literal["plain", "skip"] | None
 HEAD_KINDS: tuple[str | None, ...] = ("plain", "skip", None)
 
 
+def method_name(backbone: str, head: str | None, init: str = "default") -> str:
+    """'elunet' for a baseline, 'elunet+plain', 'elunet+skip:upsample' with a head."""
+    if head in (None, "none"):
+        return backbone
+    return f"{backbone}+{head}" + (f":{init}" if init != "default" else "")
+
+
 class LowResSegmenter(nn.Module):
     """Input (B, C, r, r). Training mode: list of logits at r, 2r, ..., R (one tensor at r for a
     baseline). Eval mode: only the finest logits tensor, so the model exports with one output.
