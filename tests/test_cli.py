@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from tests.helpers import run_cli
 from upseg.cli import main
 
 
@@ -68,8 +69,16 @@ def test_profile_with_nothing_buildable_fails(capsys) -> None:
     ],
 )
 def test_wrong_flags_exit_non_zero_with_a_message(argv: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "upseg.cli", *argv], capture_output=True, text=True, check=False
-    )
+    result = run_cli(*argv)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_console_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "upseg", "profile", "--frobnicate"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and "unrecognized arguments: --frobnicate" in result.stderr

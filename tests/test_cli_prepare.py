@@ -1,20 +1,15 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.data.files import brats_case, truncate
+from tests.helpers import run_cli
 from upseg.cli import main
 from upseg.data import SliceStore
 
-
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "upseg.cli", *argv], capture_output=True, text=True, check=False
-    )
+run = run_cli
 
 
 def test_prepare_phantom(tmp_path: Path, capsys) -> None:

@@ -6,7 +6,10 @@ from upseg.demo import run_demo
 
 
 def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
-    result = run_demo(tmp_path, resolutions=(16,), epochs=1, batch_size=16, progress=False)
+    small = {"num_patients": 4, "slices_per_patient": 6}
+    result = run_demo(
+        tmp_path, resolutions=(16,), epochs=1, batch_size=8, progress=False, phantom=small
+    )
     rows = result["rows"]
     assert [r["method"] for r in rows] == ["elunet", "elunet+plain:upsample"]
     baseline, head = rows
@@ -20,6 +23,8 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     metrics = tmp_path / "runs" / "plain_r16" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns
-    again = run_demo(tmp_path, resolutions=(16,), epochs=1, batch_size=16, progress=False)
+    again = run_demo(
+        tmp_path, resolutions=(16,), epochs=1, batch_size=8, progress=False, phantom=small
+    )
     assert metrics.stat().st_mtime_ns == before  # finished runs are reused, not retrained
     assert again["rows"][1]["foreground_dice"] == head["foreground_dice"]

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli
 from upseg.data import PhantomReader, prepare
 from upseg.sweep import Method, parse_method, run_sweep
 
@@ -67,24 +66,16 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
 
 
 def test_sweep_cli_bad_method(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "upseg",
-            "sweep",
-            "--store",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "o"),
-            "--methods",
-            "elunet+huge",
-            "--resolutions",
-            "16",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_cli(
+        "sweep",
+        "--store",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--methods",
+        "elunet+huge",
+        "--resolutions",
+        "16",
     )
     assert result.returncode == 2
     assert "method 'elunet+huge' is not backbone" in result.stderr

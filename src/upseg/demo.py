@@ -41,11 +41,11 @@ COLUMNS = (
 )
 
 
-def _store(out: Path, data: Path | None, fmt: str | None, progress: bool) -> Path:
+def _store(out: Path, data: Path | None, fmt: str | None, phantom: dict, progress: bool) -> Path:
     path = out / ("store-phantom" if data is None else f"store-{fmt}")
     if (path / "manifest.json").is_file():
         return path
-    reader = PhantomReader() if data is None else READERS[fmt](data)
+    reader = PhantomReader(**phantom) if data is None else READERS[fmt](data)
     return prepare_store(reader, path, force=path.exists(), progress=progress, command="upseg demo")
 
 
@@ -72,9 +72,11 @@ def run_demo(
     epochs: int = 15,
     batch_size: int = 16,
     progress: bool = True,
+    phantom: dict | None = None,
 ) -> dict:
+    """`phantom`: PhantomReader options (patients, slices) when no `data` is given."""
     out, start = Path(out), time.perf_counter()
-    store_path = _store(out, Path(data) if data else None, fmt, progress)
+    store_path = _store(out, Path(data) if data else None, fmt, phantom or {}, progress)
     store = SliceStore(store_path)
     rows, figures = [], []
     for r in resolutions:
