@@ -301,6 +301,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from upseg.deploy.export import export_onnx
+    from upseg.models import build
+
+    if args.run is not None:
+        from upseg.train import load_run
+
+        model = load_run(args.run, args.checkpoint)[0]
+    else:
+        if args.backbone is None or args.input_size is None:
+            args.parser.error("give a RUN directory, or --backbone and --input-size")
+        head = None if args.head == "none" else args.head
+        model = build(
+            args.backbone,
+            args.in_channels,
+            args.classes,
+            args.input_size,
+            args.output_size if head else None,
+            head=head,
+        )
+    result = export_onnx(model, args.out, tolerance=args.tolerance)
+    print(
+        f"wrote {result['path']}: image {result['input']} -> logits {result['output']} "
+        f"(dynamic batch); checked against PyTorch at batch 1 and 3, max |diff| "
+        f"{result['max_abs_diff']:.2e}"
+    )
+    return 0
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -568,6 +597,33 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-steps-per-epoch", type=int)
     sweep.add_argument("--quiet", action="store_true")
     sweep.set_defaults(func=cmd_sweep)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained run (or a fresh model) as one ONNX file, checked against PyTorch",
+        description="Export the eval-mode model (image at r -> logits at R) to ONNX with a "
+        "dynamic batch size and check it with onnxruntime; nothing is written on a mismatch.",
+        epilog="examples:\n  upseg export runs/head16 --out head16.onnx\n"
+        "  upseg export --backbone elunet --head plain --input-size 16 --output-size 256 "
+        "--out fresh.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("run", type=Path, nargs="?", help="run directory (or use --backbone)")
+    export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    export.add_argument("--backbone", choices=list_backbones())
+    export.add_argument("--head", choices=HEAD_CHOICES, default="plain")
+    export.add_argument("--input-size", type=int)
+    export.add_argument("--output-size", type=int, default=256)
+    export.add_argument("--in-channels", type=int, default=4)
+    export.add_argument("--classes", type=int, default=4)
+    export.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed |ONNX - PyTorch| (default 1e-4)",
+    )
+    export.set_defaults(func=cmd_export, parser=export)
     return parser
 
 

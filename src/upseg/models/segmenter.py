@@ -33,8 +33,10 @@ class LowResSegmenter(nn.Module):
         input_size: int,
         output_size: int,
         divisor: int = 1,
+        in_channels: int | None = None,
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels
         self.backbone = backbone
         self.head = head
         self.input_size = input_size
@@ -155,4 +157,4 @@ def build(
         if head is None
         else UpscalingHead(num_classes, num_stages, skip=head == "skip", init=head_init)
     )
-    return LowResSegmenter(net, upscaler, input_size, output_size, divisor)
+    return LowResSegmenter(net, upscaler, input_size, output_size, divisor, in_channels)

@@ -1,0 +1,1 @@
+"""Getting a trained model out of Python: ONNX export (and, later, bench, predict, plan)."""
