@@ -5,7 +5,7 @@ A baseline step trains against the mask at r; a head step against all stages up 
 Runs are interleaved and repeated; the median step time of each is reported.
 
 usage: python benchmarks/train_step.py [--batch 32] [--steps 8] [--repeats 3] [--bf16]
-       [--channels-last] [--no-malloc-setting] [--heads plain skip]
+       [--channels-last] [--no-malloc-setting] [--layerwise] [--heads plain skip]
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ import time
 import torch
 
 from upseg.losses import MultiScaleLoss
-from upseg.models import build
+from upseg.models import UpscalingStage, build
 from upseg.resize import downsample_labels
 from upseg.runtime import keep_freed_memory
 
 R, CLASSES, CHANNELS = 256, 4, 4
 
 
-def make_step(r: int, head: str | None, batch: int, bf16: bool, channels_last: bool):
+def make_step(
+    r: int, head: str | None, batch: int, bf16: bool, channels_last: bool, layerwise: bool
+):
     torch.manual_seed(0)
     model = build("elunet", CHANNELS, CLASSES, r, R if head else None, head=head).train()
+    for module in model.modules():
+        if isinstance(module, UpscalingStage):
+            module.composed = not layerwise
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = MultiScaleLoss(CLASSES)
@@ -65,18 +70,24 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--no-malloc-setting", action="store_true")
+    parser.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="run head stages as ConvTranspose2d then Conv2d (reference form)",
+    )
     args = parser.parse_args()
     applied = False if args.no_malloc_setting else keep_freed_memory()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"bf16 {args.bf16}, channels_last {args.channels_last}, malloc setting {applied}"
+        f"bf16 {args.bf16}, channels_last {args.channels_last}, malloc setting {applied}, "
+        f"head stages {'layerwise' if args.layerwise else 'composed'}"
     )
     print("| input | method | step ms (median) | images/s | ratio to baseline |")
     print("|---|---|---|---|---|")
     for r in args.sizes:
         variants = {"baseline": None, **{f"+{h}": h for h in args.heads}}
         steps = {
-            name: make_step(r, head, args.batch, args.bf16, args.channels_last)
+            name: make_step(r, head, args.batch, args.bf16, args.channels_last, args.layerwise)
             for name, head in variants.items()
         }
         for step in steps.values():

@@ -2,7 +2,9 @@
 
 MACs come from torch's FlopCounterMode, which counts convolutions, transposed convolutions
 and matrix products (2 FLOPs = 1 MAC) and ignores element-wise work (BatchNorm, ReLU, adds).
-The count runs on the 'meta' device, so it costs no compute and no memory.
+The count runs on the 'meta' device, so it costs no compute and no memory. Up-scaling stages
+are counted as their two published layers (ConvTranspose2d + Conv2d); their composed
+execution does about 10% fewer MACs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import copy
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from upseg.models.head import UpscalingStage
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -27,6 +31,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """MACs of one inference forward pass (eval mode) for an input of `input_shape`."""
     meta_model = copy.deepcopy(model) if _on_meta(model) else copy.deepcopy(model).to("meta")
     meta_model.eval()
+    for module in meta_model.modules():
+        if isinstance(module, UpscalingStage):
+            module.composed = False  # count the architecture's layers, as published
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta_model(torch.empty(input_shape, device="meta"))

@@ -2,7 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upseg.models import UpscalingHead, plain_head_num_params, skip_head_num_params
+from upseg.models import (
+    UpscalingHead,
+    UpscalingStage,
+    plain_head_num_params,
+    skip_head_num_params,
+)
 from upseg.profile import count_parameters
 
 
@@ -74,3 +79,18 @@ def test_upsample_init_trains_away_from_identity() -> None:
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         UpscalingHead(**kwargs)
+
+
+@pytest.mark.parametrize(("in_channels", "num_classes"), [(1, 1), (4, 4), (8, 4), (6, 3)])
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (16, 16)])
+def test_composed_stage_equals_the_two_layers(in_channels, num_classes, size) -> None:
+    stage = UpscalingStage(in_channels, num_classes)
+    torch.nn.init.normal_(stage[0].bias)
+    x = torch.randn(3, in_channels, *size, requires_grad=True)
+    fast, reference = stage(x), stage.layerwise_forward(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(reference)
+    fast_grads = torch.autograd.grad(fast, [x, *stage.parameters()], grad)
+    reference_grads = torch.autograd.grad(reference, [x, *stage.parameters()], grad)
+    for a, b in zip(fast_grads, reference_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -18,20 +18,79 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 HeadInit = Literal["default", "upsample"]
 HEAD_INITS: tuple[str, ...] = ("default", "upsample")
 
 
+def _tap_selection() -> Tensor:
+    """S[a, d, u, k] = 1 where output sub-pixel a (0, 1) under 3x3-conv tap d (offset d - 1)
+    reads the transposed conv's tap k (0, 1) of the input pixel at offset u - 1."""
+    selection = torch.zeros(2, 3, 3, 2)
+    for a in range(2):
+        for d in range(3):
+            position = a + d - 1
+            selection[a, d, position // 2 + 1, position % 2] = 1.0
+    return selection
+
+
+_TAPS = _tap_selection()
+
+
 class UpscalingStage(nn.Sequential):
-    """ConvTranspose2d(Cin, Nc, 2, stride 2) -> Conv2d(Nc, Nc, 3, padding 1); doubles H and W."""
+    """ConvTranspose2d(Cin, Nc, 2, stride 2) -> Conv2d(Nc, Nc, 3, padding 1); doubles H and W.
+
+    The forward pass computes the same linear map in one step at the input resolution: a
+    3x3 conv from Cin to 4 Nc channels (weights composed from the two layers) followed by
+    pixel_shuffle(2). It moves less data than the two-layer form (no 4-channel tensor at 2x
+    the size between the layers), which makes training steps with the head cheaper (see
+    docs/benchmarks.md); parameters and state_dict are unchanged.
+    """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__(
             nn.ConvTranspose2d(in_channels, num_classes, 2, stride=2),
             nn.Conv2d(num_classes, num_classes, 3, padding=1),
         )
+        self.composed = True  # False: run the two layers one after the other
+
+    def composed_weights(self) -> tuple[Tensor, Tensor]:
+        """(4 Nc, Cin, 3, 3) weight applied to the input, (4 Nc, 1, 3, 3) weight applied to
+        a map of ones (the transposed conv's bias); output channel 4 c + 2 a + b is class c
+        at sub-pixel (a, b), the order pixel_shuffle expects."""
+        transposed, conv = self[0], self[1]
+        taps = _TAPS.to(conv.weight)
+        out_channels = 4 * conv.out_channels
+        weight = torch.einsum(
+            "omxy,axuk,byvl,cmkl->oabcuv", conv.weight, taps, taps, transposed.weight
+        )
+        bias_taps = transposed.bias[:, None, None].expand(-1, 2, 2)
+        bias_weight = torch.einsum("omxy,axuk,byvl,mkl->oabuv", conv.weight, taps, taps, bias_taps)
+        return (
+            weight.reshape(out_channels, transposed.in_channels, 3, 3),
+            bias_weight.reshape(out_channels, 1, 3, 3),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.composed:
+            return self.layerwise_forward(x)
+        weight, bias_weight = self.composed_weights()
+        # A ones channel carries the transposed conv's bias; the zero padding then removes it
+        # exactly where the 3x3 conv pads. Cheaper than adding a bias map at 4x the size.
+        ones = x.new_ones(1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
+        out = F.conv2d(
+            torch.cat([x, ones], dim=1),
+            torch.cat([weight, bias_weight], dim=1),
+            self[1].bias.repeat_interleave(4),
+            padding=1,
+        )
+        return F.pixel_shuffle(out, 2)
+
+    def layerwise_forward(self, x: Tensor) -> Tensor:
+        """The two layers one after the other; the reference the composed form must equal."""
+        return self[1](self[0](x))
 
     @torch.no_grad()
     def init_as_nearest_upsampling(self) -> None:
