@@ -307,6 +307,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        sampler = None
         if self.world > 1:
             sampler = DistributedSampler(
                 self.train_set,
@@ -317,18 +318,11 @@ class Trainer:
                 drop_last=True,
             )
             sampler.set_epoch(epoch)
-            return DataLoader(
-                self.train_set,
-                self.config.batch_size,
-                sampler=sampler,
-                num_workers=self.config.workers,
-                drop_last=True,
-                generator=generator,
-            )
         return DataLoader(
             self.train_set,
             self.config.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             num_workers=self.config.workers,
             drop_last=True,
             generator=generator,
