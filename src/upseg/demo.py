@@ -15,7 +15,6 @@ from upseg.data import (
     BratsReader,
     DecathlonReader,
     FolderReader,
-    LowResPairs,
     PhantomReader,
     SliceStore,
 )
@@ -25,8 +24,8 @@ from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.latency import end_to_end_latency_ms
 from upseg.plots import tradeoff_plot
 from upseg.profile import count_macs, count_parameters
-from upseg.report import figure
-from upseg.train import TrainConfig, load_run, method_label, split_patients, train_or_resume
+from upseg.report import figure, run_dataset
+from upseg.train import TrainConfig, load_run, method_label, train_or_resume
 
 READERS = {"brats": BratsReader, "decathlon": DecathlonReader, "folder": FolderReader}
 COLUMNS = (
@@ -97,10 +96,7 @@ def run_demo(
             runs.append(Path(config.out))
         for run in runs:
             model, config, _ = load_run(run, "last")
-            val = LowResPairs(
-                store, r, downsample=config.downsample, patients=split_patients(config, store)[1]
-            )
-            scores = score(model, val, store.class_names, batch_size)
+            scores = score(model, run_dataset(config, store), store.class_names, batch_size)
             channels = len(store.modalities)
             rows.append(
                 {

@@ -15,14 +15,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from upseg.metrics import BRATS_REGIONS, ConfusionMatrix
+from upseg.metrics import BRATS_CLASSES, BRATS_REGIONS, ConfusionMatrix
 from upseg.models import LowResSegmenter
 from upseg.resize import stretch_logits
 
 
 def regions_for(class_names: Sequence[str]) -> dict[str, tuple[int, ...]] | None:
     """BraTS regions (WT, TC, ET) when the classes are BraTS's, else none."""
-    return BRATS_REGIONS if list(class_names) == ["background", "NCR", "ED", "ET"] else None
+    return BRATS_REGIONS if tuple(class_names) == BRATS_CLASSES else None
 
 
 @torch.no_grad()

@@ -22,6 +22,16 @@ def _patients(config: TrainConfig, store: SliceStore, split: str) -> list[str]:
     return {"train": train, "val": val, "all": store.patient_ids()}[split]
 
 
+def run_dataset(config: TrainConfig, store: SliceStore, split: str = "val") -> LowResPairs:
+    """The (input at r, mask at R) pairs of a run's split, made as in its training."""
+    return LowResPairs(
+        store,
+        config.input_size,
+        downsample=config.downsample,
+        patients=_patients(config, store, split),
+    )
+
+
 def score_rows(scores: dict) -> list[dict]:
     """Flat rows for CSV: overall means, each class, each region."""
     rows = [
@@ -67,12 +77,11 @@ def figure(
     indices = store.indices(patients=patients)
     foreground = (np.asarray(store.masks[indices]) > 0).sum((1, 2))
     owner = store.slices[indices, 0]
-    best_per_patient = [  # each patient's slice with the most foreground, largest first
-        indices[np.flatnonzero(owner == p)[np.argmax(foreground[owner == p])]]
-        for p in np.unique(owner)
+    best = [  # position (in `indices`) of each patient's slice with the most foreground
+        np.flatnonzero(owner == p)[np.argmax(foreground[owner == p])] for p in np.unique(owner)
     ]
-    best_per_patient.sort(key=lambda i: -int((np.asarray(store.masks[i]) > 0).sum()))
-    chosen = np.array(best_per_patient[:num_slices])
+    best.sort(key=lambda k: -foreground[k])
+    chosen = indices[np.array(best[:num_slices], dtype=np.int64)]
     columns = ["image at R", "mask at R"]
     rows = [
         {
@@ -119,12 +128,7 @@ def evaluate_run(
     run = Path(run)
     model, config, state = load_run(run, checkpoint)
     store = SliceStore(config.store)
-    dataset = LowResPairs(
-        store,
-        config.input_size,
-        downsample=config.downsample,
-        patients=_patients(config, store, split),
-    )
+    dataset = run_dataset(config, store, split)
     scores = score(
         model,
         dataset,

@@ -16,9 +16,10 @@ import numpy as np
 from upseg.data.case import Case
 from upseg.data.errors import DataError
 from upseg.data.volume import load_nifti, map_labels, pad_or_crop, zscore
+from upseg.metrics import BRATS_CLASSES
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-CLASS_NAMES = ("background", "NCR", "ED", "ET")
+CLASS_NAMES = BRATS_CLASSES
 LABEL_TO_CLASS = {0: 0, 1: 1, 2: 2, 4: 3}
 SLICE_MODES = ("brain", "tumour", "all")
 

@@ -15,9 +15,10 @@ import numpy as np
 
 from upseg.data.case import Case
 from upseg.data.volume import zscore
+from upseg.metrics import BRATS_CLASSES
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-CLASS_NAMES = ("background", "NCR", "ED", "ET")
+CLASS_NAMES = BRATS_CLASSES
 # tissue intensity per modality: background, scalp, CSF, grey, white, edema, enhancing, necrosis
 TISSUES = ("background", "scalp", "csf", "grey", "white", "edema", "enhancing", "necrosis")
 CONTRAST = np.array(

@@ -115,7 +115,7 @@ def prepare(
             total += len(case.slice_indices)
         if total == 0:
             raise DataError(getattr(reader, "root", out_dir), "no slices selected in any case")
-        channels = len(reader.modalities) or np.load(work / "cases" / "0_images.npy").shape[1]
+        channels = first_shape[0]
         size = reader.size
         images = np.lib.format.open_memmap(
             work / "images.npy", "w+", np.float16, (total, channels, size, size)
