@@ -109,3 +109,45 @@ def test_sweep_refuses_changed_settings_and_empty(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="no runs to report"):
         run_sweep(store, tmp_path / "s", ["elunet+skip"], [16], **kwargs)
+
+
+def test_sweep_workers_time_limit_and_failed_runs(tmp_path: Path) -> None:
+    from upseg.train import TrainingError
+
+    store = prepare(
+        PhantomReader(size=64, num_patients=4, slices_per_patient=2),
+        tmp_path / "store",
+        progress=False,
+    )
+    small = {"backbone_kwargs": {"base_width": 4}}
+    kwargs = {"folds": 2, "epochs": 1, "batch_size": 2, "progress": False}
+    out = tmp_path / "s"
+    first = run_sweep(store, out, ["elunet"], [16], extra=small, workers=2, **kwargs)
+    assert [(r["method"], r["runs"]) for r in first["rows"]] == [("elunet", 2)]
+    for fold in (0, 1):
+        assert (out / "runs" / f"elunet_r16_f{fold}_s0" / "evaluation" / "last_val.json").is_file()
+    assert (
+        len(first["rows"][0]["curve"]) == 1 and (out / "curves_val_foreground_dice.png").is_file()
+    )
+    assert "planned runs" not in (out / "sweep.md").read_text()
+
+    # past the time limit: finished runs still count, new ones do not start
+    later = run_sweep(
+        store, out, ["elunet", "elunet+plain"], [16], extra=small, time_limit=0, **kwargs
+    )
+    assert [(r["method"], r["runs"]) for r in later["rows"]] == [("elunet", 2)]
+    assert later["pending"] == ["elunet+plain_r16_f0_s0", "elunet+plain_r16_f1_s0"]
+    assert not (out / "runs" / "elunet+plain_r16_f0_s0").exists()
+    assert "2 of 4 planned runs are in these tables" in (out / "sweep.md").read_text()
+
+    # a diverging run is reported, not fatal to the sweep; a sweep of only failures is
+    with pytest.raises(TrainingError, match="every run of the sweep failed") as error:
+        run_sweep(
+            store,
+            tmp_path / "bad",
+            ["elunet"],
+            [16],
+            extra={**small, "lr": 1e30},
+            **{**kwargs, "epochs": 2},
+        )
+    assert "the loss became" in str(error.value)

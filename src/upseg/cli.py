@@ -279,7 +279,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     extra = {
         k: getattr(args, k)
-        for k in ("lr", "backbone_kwargs", "max_steps_per_epoch")
+        for k in ("lr", "backbone_kwargs", "max_steps_per_epoch", "device")
         if getattr(args, k) is not None
     }
     result = run_sweep(
@@ -293,12 +293,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.batch_size,
         extra,
         progress=not args.quiet,
+        workers=args.workers,
+        time_limit=None if args.time_limit is None else 60 * args.time_limit,
     )
     print(result["tables"])
     for path in result["figures"]:
         print(f"wrote {path}")
     print(f"wrote {args.out / 'sweep.md'}, {args.out / 'sweep.csv'}")
-    return 0
+    return 1 if result["failed"] else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -595,6 +597,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--lr", type=float)
     sweep.add_argument("--backbone-kwargs", type=_json_dict, metavar="JSON")
     sweep.add_argument("--max-steps-per-epoch", type=int)
+    sweep.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process (a GPU left idle by one small "
+        "run trains several faster); default 1",
+    )
+    sweep.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MINUTES",
+        help="start no new run after this many minutes (runs in flight finish; the tables "
+        "hold the finished runs, and the same command later finishes the rest)",
+    )
     sweep.add_argument("--quiet", action="store_true")
     sweep.set_defaults(func=cmd_sweep)
 

@@ -65,10 +65,7 @@ def qualitative_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def tradeoff_plot(
@@ -103,9 +100,32 @@ def tradeoff_plot(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _finish(fig, ax, path, title)
+
+
+def curves_plot(
+    curves: dict[str, Sequence[float]], path: Path, ylabel: str, title: str = ""
+) -> Path:
+    """One line per label: a value after every epoch (epochs counted from 1)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, values in curves.items():
+        if len(values):
+            ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _finish(fig, ax, path, title)
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> Path:
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -124,16 +124,18 @@ def evaluate_run(
     against: str | Path | None = None,
     num_slices: int = 4,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> list[Path]:
     run = Path(run)
     model, config, state = load_run(run, checkpoint)
     store = SliceStore(config.store)
     dataset = run_dataset(config, store, split)
     scores = score(
-        model,
+        model.to(device),
         dataset,
         store.class_names,
         config.batch_size,
+        device,
         per_stage=model.head is not None,
         progress=progress,
     )

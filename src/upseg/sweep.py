@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from upseg.data import SliceStore
+from upseg.errors import TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import get_backbone_spec, method_name
-from upseg.plots import tradeoff_plot
+from upseg.plots import curves_plot, tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
-from upseg.train import TrainConfig, build_model, train_or_resume
+from upseg.train import TrainConfig, build_model, resolve_device, run_state, train_or_resume
 
 
 @dataclass(frozen=True)
@@ -75,60 +81,127 @@ def run_sweep(
     batch_size: int = 32,
     extra: dict | None = None,
     progress: bool = True,
+    workers: int = 1,
+    time_limit: float | None = None,
 ) -> dict:
+    """Train, score and tabulate every run. Runs go in rounds (seed, then fold, then method
+    and input size), so a sweep cut short by `time_limit` (seconds after which no new run
+    starts; runs in flight finish) still holds whole rounds first. `workers` > 1 trains that
+    many runs at once in separate processes (useful on a GPU that one small run leaves idle).
+    A run that fails (say, its loss turns NaN) is reported and left out; the others go on."""
     parsed = [parse_method(m) for m in methods]  # refuse a bad method before any work
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     out, store = Path(out), Path(store)
     slices = SliceStore(store)
-    jobs = []
     for method in parsed:
-        for r in resolutions:
-            if method.head == "skip" and slices.size < 8 * r:
-                print(f"skipped {method.name} at {r}: the skip head needs R >= 8 r")
-                continue
-            for fold in range(max(folds, 1)):
-                for seed in seeds:
-                    name = f"{method.name.replace(':', '-')}_r{r}_f{fold}_s{seed}"
-                    config = TrainConfig(
-                        store=str(store),
-                        out=str(out / "runs" / name),
-                        backbone=method.backbone,
-                        head=method.head,
-                        head_init=method.init,
-                        input_size=r,
-                        epochs=epochs,
-                        batch_size=batch_size,
-                        seed=seed,
-                        folds=folds,
-                        fold=fold,
-                        **(extra or {}),
-                    )
-                    jobs.append((method, r, config))
-    results = []
-    for method, r, config in tqdm(jobs, desc="sweep", disable=not progress):
-        run = Path(config.out)
+        if method.head == "skip":
+            for r in resolutions:
+                if slices.size < 8 * r:
+                    print(f"skipped {method.name} at {r}: the skip head needs R >= 8 r")
+    jobs = [
+        (method, r, _config(store, out, method, r, folds, fold, seed, epochs, batch_size, extra))
+        for seed in seeds
+        for fold in range(max(folds, 1))
+        for method in parsed
+        for r in resolutions
+        if not (method.head == "skip" and slices.size < 8 * r)
+    ]
+    for _, _, config in jobs:
+        run_state(config)  # a folder holding a run with other settings stops the sweep here
+    deadline = None if time_limit is None else time.time() + time_limit
+    outcomes: dict[int, dict | str | None] = {}
+    bar = tqdm(total=len(jobs), desc="sweep", disable=not progress)
+
+    def record(k: int, outcome: dict | str | None) -> None:
+        outcomes[k] = outcome
+        bar.update()
+        if progress and outcome is not None:
+            status = outcome if isinstance(outcome, str) else outcome["status"]
+            tqdm.write(f"{status}: {Path(jobs[k][2].out).name}")
+
+    if workers == 1:
+        for k, (_, _, config) in enumerate(jobs):
+            record(k, _run_job(config, deadline, None))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(_run_job, config, deadline, threads): k
+                for k, (_, _, config) in enumerate(jobs)
+            }
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    bar.close()
+    results, failed, pending = [], [], []
+    for k, (method, r, config) in enumerate(jobs):
+        outcome = outcomes[k]
+        if outcome is None:
+            pending.append(Path(config.out).name)
+        elif isinstance(outcome, str):
+            failed.append(f"{Path(config.out).name}: {outcome}")
+        else:
+            results.append({"method": method.name, "input": r, **outcome})
+    report = _report(results, parsed, resolutions, slices, out, epochs, len(jobs), failed)
+    return {**report, "failed": failed, "pending": pending}
+
+
+def _config(
+    store: Path,
+    out: Path,
+    method: Method,
+    r: int,
+    folds: int,
+    fold: int,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    extra: dict | None,
+) -> TrainConfig:
+    name = f"{method.name.replace(':', '-')}_r{r}_f{fold}_s{seed}"
+    return TrainConfig(
+        store=str(store),
+        out=str(out / "runs" / name),
+        backbone=method.backbone,
+        head=method.head,
+        head_init=method.init,
+        input_size=r,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        folds=folds,
+        fold=fold,
+        **(extra or {}),
+    )
+
+
+def _run_job(config: TrainConfig, deadline: float | None, threads: int | None) -> dict | str | None:
+    """Train (or resume, or skip) and score one run: its result row, the error message of a
+    failed run, or None when the deadline passed before it could start."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = Path(config.out)
+    try:
+        finished = run_state(config) == "finished"
+        if not finished and deadline is not None and time.time() > deadline:
+            return None
         status = train_or_resume(config, progress=False)
-        if progress:
-            tqdm.write(f"{status}: {run.name}")
         evaluation = run / "evaluation" / "last_val.json"
         if not evaluation.is_file():
-            evaluate_run(run, progress=False)
-        scores = json.loads(evaluation.read_text())["scores"]
-        seconds = sum(
-            json.loads(line)["train_seconds"]
-            for line in (run / "metrics.jsonl").read_text().splitlines()
-        )
-        results.append(
-            {
-                "method": method.name,
-                "input": r,
-                "fold": config.fold,
-                "seed": config.seed,
-                "scores": scores,
-                "train_seconds": seconds,
-                "config": dataclasses.asdict(config),
-            }
-        )
-    return _report(results, parsed, resolutions, slices, out, epochs)
+            evaluate_run(run, progress=False, device=resolve_device(config.device))
+    except TrainingError as error:
+        return str(error)
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "fold": config.fold,
+        "seed": config.seed,
+        "status": status,
+        "scores": json.loads(evaluation.read_text())["scores"],
+        "train_seconds": sum(x["train_seconds"] for x in log),
+        "curve": [x["val"]["foreground_dice"] for x in log],
+        "config": dataclasses.asdict(config),
+    }
 
 
 def _report(
@@ -138,6 +211,8 @@ def _report(
     store: SliceStore,
     out: Path,
     epochs: int,
+    planned: int,
+    failed: list[str],
 ) -> dict:
     classes = store.class_names[1:]
     rows = []
@@ -147,11 +222,13 @@ def _report(
             if not mine:
                 continue
             model = build_model(TrainConfig.from_dict(mine[0]["config"]), store)
+            curves = [x["curve"] for x in mine if len(x["curve"]) == epochs]
             row = {
                 "method": method.name,
                 "input": r,
                 "output": store.size,
                 "runs": len(mine),
+                "curve": [statistics.fmean(c) for c in zip(*curves, strict=True)],
                 "params": count_parameters(model),
                 "gmac": count_macs(model, (1, len(store.modalities), r, r)) / 1e9,
                 "train_minutes": sum(x["train_seconds"] for x in mine) / 60,
@@ -167,12 +244,18 @@ def _report(
             for key, values in metrics.items():
                 row[key], row[f"{key}_std"] = _spread(values)
             rows.append(row)
+    if not rows and failed:
+        raise TrainingError("every run of the sweep failed:\n  " + "\n  ".join(failed))
     if not rows:
         raise ValueError("the sweep has no runs to report: check --methods and --resolutions")
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "sweep.csv", rows)
+    write_csv(out / "sweep.csv", [{k: v for k, v in row.items() if k != "curve"} for row in rows])
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
+    if len(results) < planned or failed:
+        tables += f"\n{len(results)} of {planned} planned runs are in these tables"
+        tables += "; run the same command again to finish the others.\n" if not failed else ".\n"
+        tables += "".join(f"\n- failed: {line}" for line in failed) + ("\n" if failed else "")
     write_text_atomic(out / "sweep.md", tables)
     figures = [
         tradeoff_plot(
@@ -194,6 +277,12 @@ def _report(
             "paper-style Jaccard (all classes)",
             "Resolution against quality (paper Fig. 5)",
             log_x=True,
+        ),
+        curves_plot(
+            {f"{row['method']} @ {row['input']}": row["curve"] for row in rows},
+            out / "curves_val_foreground_dice.png",
+            "validation foreground Dice at R (mean over runs)",
+            f"Validation after every epoch ({rows[0]['runs']}+ runs each)",
         ),
     ]
     return {"rows": rows, "tables": tables, "figures": figures}

@@ -110,7 +110,7 @@ def method_label(config: TrainConfig) -> str:
     return method_name(config.backbone, config.head, config.head_init)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -131,16 +131,20 @@ def load_checkpoint(path: str | Path) -> dict:
         raise TrainingError(f"{path}: cannot read the checkpoint ({error})") from None
 
 
+# where and how fast a run trains, not what it trains: a run may resume under other values
+EXECUTION_SETTINGS = ("device", "workers")
+
+
 def changed_settings(run: Path, config: TrainConfig) -> list[str]:
     """Settings in which the run saved at `run` differs from `config` (settings added to
-    upseg since that run count with their defaults)."""
+    upseg since that run count with their defaults; EXECUTION_SETTINGS do not count)."""
     saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
     try:
         saved = dataclasses.asdict(TrainConfig.from_dict(saved))
     except (TypeError, ValueError):
         return ["config.yaml"]
     wanted = dataclasses.asdict(config)
-    return sorted(k for k in wanted if saved.get(k) != wanted[k])
+    return sorted(k for k in wanted if k not in EXECUTION_SETTINGS and saved.get(k) != wanted[k])
 
 
 def run_state(config: TrainConfig) -> str:
@@ -203,7 +207,7 @@ class Trainer:
         self.run_dir = Path(config.out)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend)
