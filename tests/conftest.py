@@ -16,7 +16,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data beside the project (../shared/data); tests using it skip without it."""
     if not SHARED_DATA.is_dir():

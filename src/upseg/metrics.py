@@ -28,6 +28,14 @@ BRATS_CLASSES = ("background", "NCR", "ED", "ET")
 BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 
+def labels_from_logits(logits: Tensor) -> Tensor:
+    """(B, Nc, H, W) logits -> (B, H, W) class indices: argmax, or > 0 for one channel
+    (a sigmoid model's foreground)."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(1)
+
+
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     num, den = numerator.double(), denominator.double()
     return torch.where(den > 0, num / den.clamp_min(1), torch.full_like(num, float("nan")))
@@ -103,10 +111,7 @@ class ConfusionMatrix:
         """prediction: labels (B, H, W), or logits (B, Nc, H, W) (argmax; one channel: > 0);
         target: labels (B, H, W) of the same size."""
         if prediction.dim() == target.dim() + 1:
-            if prediction.shape[1] == 1:
-                prediction = (prediction[:, 0] > 0).long()
-            else:
-                prediction = prediction.argmax(1)
+            prediction = labels_from_logits(prediction)
         if prediction.shape != target.shape:
             raise ValueError(
                 f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ "

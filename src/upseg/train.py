@@ -173,25 +173,32 @@ def train_or_resume(config: TrainConfig, progress: bool = True) -> str:
 
 
 def build_model(config: TrainConfig, store: SliceStore) -> LowResSegmenter:
-    if config.loss == "bce" and len(store.class_names) != 2:
+    return model_for(config, store.class_names, store.modalities, store.size)
+
+
+def model_for(
+    config: TrainConfig, class_names: list[str], modalities: list[str], size: int
+) -> LowResSegmenter:
+    """The untrained model of `config` for a store of these classes, modalities and size R."""
+    if config.loss == "bce" and len(class_names) != 2:
         raise ValueError(
             f"loss 'bce' is for two classes (background + one), the store has "
-            f"{len(store.class_names)}: {', '.join(store.class_names)}"
+            f"{len(class_names)}: {', '.join(class_names)}"
         )
-    if config.output_size not in (None, store.size):
+    if config.output_size not in (None, size):
         raise ValueError(
-            f"output_size {config.output_size} differs from the store's resolution {store.size}: "
+            f"output_size {config.output_size} differs from the store's resolution {size}: "
             f"prepare the store with --size {config.output_size}, or leave --output-size out"
         )
-    num_classes = len(store.class_names)
+    num_classes = len(class_names)
     if config.loss == "bce":
         num_classes = 1
     return build(
         config.backbone,
-        len(store.modalities),
+        len(modalities),
         num_classes,
         config.input_size,
-        config.output_size or store.size,
+        config.output_size or size,
         head=None if config.head == "none" else config.head,
         head_init=config.head_init,
         **config.backbone_kwargs,
@@ -432,6 +439,7 @@ class Trainer:
             "config": dataclasses.asdict(self.config),
             "class_names": self.store.class_names,
             "modalities": self.store.modalities,
+            "data": self.store.preprocessing(),  # lets predict run without the store
             "record": record,  # re-appended to metrics.jsonl if a crash came in between
         }
         directory = self.run_dir / "checkpoints"
@@ -455,13 +463,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
 def load_run(
     run_dir: str | Path, checkpoint: str = "best"
 ) -> tuple[LowResSegmenter, TrainConfig, dict]:
-    """The model of a run directory with the weights of `checkpoint` (best or last)."""
+    """The model of a run directory with the weights of `checkpoint` (best or last). The
+    store is read only for checkpoints that do not record their data ("data")."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
         raise TrainingError(f"{run_dir}: no checkpoints/{checkpoint}.pt; is this a run folder?")
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
-    model = build_model(config, SliceStore(config.store))
+    if "data" in state:
+        model = model_for(
+            config, state["class_names"], state["modalities"], int(state["data"]["size"])
+        )
+    else:
+        model = build_model(config, SliceStore(config.store))
     model.load_state_dict(state["model"])
     return model.eval(), config, state

@@ -24,12 +24,27 @@ LABEL_TO_CLASS = {0: 0, 1: 1, 2: 2, 4: 3}
 SLICE_MODES = ("brain", "tumour", "all")
 
 
-def _modality_file(case_dir: Path, suffix: str) -> Path | None:
+def modality_file(case_dir: Path, suffix: str) -> Path | None:
     for extension in (".nii.gz", ".nii"):
         matches = sorted(case_dir.glob(f"*_{suffix}{extension}"))
         if matches:
             return matches[0]
     return None
+
+
+def normalise(volumes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Modality volumes (X, Y, Z) each -> z-scored images (C, X, Y, Z) float32 and the brain
+    mask (X, Y, Z): voxels where any of the given modalities is non-zero."""
+    brain = np.zeros(volumes[0].shape, dtype=bool)
+    for volume in volumes:
+        brain |= volume != 0
+    return np.stack([zscore(v, brain) for v in volumes]), brain
+
+
+def frame_slices(images: np.ndarray, keep: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
+    """Axial slices `keep` of (C, X, Y, Z) images -> (N, C, size, size) centred in the frame,
+    and the [top, left] offsets of pad_or_crop."""
+    return pad_or_crop(np.moveaxis(images[..., keep], -1, 0), size)
 
 
 class BratsReader:
@@ -64,10 +79,10 @@ class BratsReader:
     def items(self) -> list[Path]:
         if not self.root.is_dir():
             raise DataError(self.root, "BraTS folder not found")
-        if _modality_file(self.root, "seg") is not None:
+        if modality_file(self.root, "seg") is not None:
             return [self.root]
         folders = sorted(d for d in self.root.iterdir() if d.is_dir())
-        cases = [d for d in folders if _modality_file(d, "seg") is not None]
+        cases = [d for d in folders if modality_file(d, "seg") is not None]
         skipped = [d.name for d in folders if d not in cases]
         if skipped:  # e.g. a misnamed segmentation file: say so instead of losing a patient
             print(
@@ -87,7 +102,7 @@ class BratsReader:
     def read(self, case_dir: Path) -> Case:
         paths = {}
         for name in (*self.modalities, "seg"):
-            path = _modality_file(case_dir, name)
+            path = modality_file(case_dir, name)
             if path is None:
                 raise DataError(case_dir, f"modality {name!r} is missing (no *_{name}.nii.gz)")
             paths[name] = path
@@ -104,17 +119,14 @@ class BratsReader:
         if seg.ndim != 3:
             raise DataError(paths["seg"], f"expected a 3-D volume, got shape {seg.shape}")
         classes = map_labels(seg, LABEL_TO_CLASS, paths["seg"])
-        brain = np.zeros(seg.shape, dtype=bool)
-        for volume in volumes:
-            brain |= volume != 0
-        images = np.stack([zscore(v, brain) for v in volumes])  # (C, X, Y, Z)
+        images, brain = normalise(volumes)
         if self.slices == "brain":
             keep = np.flatnonzero(brain.any(axis=(0, 1)))
         elif self.slices == "tumour":
             keep = np.flatnonzero(classes.any(axis=(0, 1)))
         else:
             keep = np.arange(seg.shape[2])
-        images, offsets = pad_or_crop(np.moveaxis(images[..., keep], -1, 0), self.size)
+        images, offsets = frame_slices(images, keep, self.size)
         masks, _ = pad_or_crop(np.moveaxis(classes[..., keep], -1, 0), self.size)
         return Case(
             patient_id=case_dir.name,

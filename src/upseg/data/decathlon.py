@@ -48,6 +48,27 @@ def _parse_merge(
     return mapping, tuple(names)
 
 
+def select_modality(image: np.ndarray, index: int, name: str, path: Path) -> np.ndarray:
+    """A 4-D image (X, Y, Z, modalities) -> modality `index` (X, Y, Z); a 3-D image is taken
+    as modality 0. DataError when the modality is not there."""
+    if image.ndim == 4:
+        if index >= image.shape[3]:
+            raise DataError(
+                path, f"has {image.shape[3]} modalities, modality {index} ({name}) is missing"
+            )
+        return image[..., index]
+    if image.ndim != 3 or index != 0:
+        raise DataError(path, f"shape {image.shape} holds no modality {index} ({name})")
+    return image
+
+
+def image_slices(image: np.ndarray, keep: np.ndarray, size: int) -> np.ndarray:
+    """(X, Y, Z) volume -> axial slices `keep` as (N, 1, size, size): z-scored over the whole
+    volume, then stretched bilinearly."""
+    normalised = zscore(image)
+    return stretch(np.moveaxis(normalised[..., keep], -1, 0)[:, None], size, False)
+
+
 class DecathlonReader:
     """Reads a Decathlon task folder (dataset.json, imagesTr/, labelsTr/)."""
 
@@ -88,6 +109,7 @@ class DecathlonReader:
         self.entries = meta["training"]
         self.options = {
             "modality": self.modalities[0],
+            "modality_index": self.modality_index,  # its position on a 4-D image's last axis
             "merge": merge,
             "slices": slices,
             "task": meta.get("name"),
@@ -128,20 +150,7 @@ class DecathlonReader:
         label_path = self.root / entry["label"]
         image, affine, spacing = load_nifti(image_path)
         labels = load_nifti(label_path)[0]
-        if image.ndim == 4:
-            if self.modality_index >= image.shape[3]:
-                raise DataError(
-                    image_path,
-                    f"has {image.shape[3]} modalities, modality {self.modality_index} "
-                    f"({self.modalities[0]}) is missing",
-                )
-            image = image[..., self.modality_index]
-        elif image.ndim != 3 or self.modality_index != 0:
-            raise DataError(
-                image_path,
-                f"shape {image.shape} holds no modality {self.modality_index} "
-                f"({self.modalities[0]})",
-            )
+        image = select_modality(image, self.modality_index, self.modalities[0], image_path)
         if labels.shape != image.shape:
             raise DataError(
                 label_path, f"shape {labels.shape} differs from the image's {image.shape}"
@@ -151,8 +160,7 @@ class DecathlonReader:
             keep = np.flatnonzero(classes.any(axis=(0, 1)))
         else:
             keep = np.arange(image.shape[2])
-        normalised = zscore(image)
-        images = stretch(np.moveaxis(normalised[..., keep], -1, 0)[:, None], self.size, False)
+        images = image_slices(image, keep, self.size)
         masks = stretch(np.moveaxis(classes[..., keep], -1, 0), self.size, True)
         name = Path(entry["image"]).name
         for extension in (".nii.gz", ".nii"):

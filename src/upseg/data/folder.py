@@ -57,6 +57,20 @@ def _channels_first(array: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(path, f"image shape {array.shape} is not (H, W), (H, W, C) or (C, H, W)")
 
 
+def load_image(path: Path) -> np.ndarray:
+    """An image file -> (C, H, W) float32; DataError if unreadable or not finite."""
+    image = _channels_first(read_image_file(path), path).astype(np.float32)
+    if not np.isfinite(image).all():
+        raise DataError(path, "holds NaN or infinite pixels")
+    return image
+
+
+def frame_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) -> (C, size, size): each channel z-scored, then stretched bilinearly."""
+    image = np.stack([zscore(channel) for channel in image])
+    return stretch(image[None], size, False)[0]
+
+
 class FolderReader:
     """Reads 2-D image/mask pairs, grouped into patients."""
 
@@ -147,9 +161,7 @@ class FolderReader:
         patient, pairs = item
         images, masks, shapes, channels = [], [], [], None
         for image_path, mask_path in pairs:
-            image = _channels_first(read_image_file(image_path), image_path).astype(np.float32)
-            if not np.isfinite(image).all():
-                raise DataError(image_path, "holds NaN or infinite pixels")
+            image = load_image(image_path)
             mask = read_image_file(mask_path, labels=True)
             if mask.ndim == 3 and (mask == mask[..., :1]).all():
                 mask = mask[..., 0]
@@ -165,8 +177,7 @@ class FolderReader:
                 raise DataError(
                     image_path, f"has {image.shape[0]} channels, other images have {channels}"
                 )
-            image = np.stack([zscore(channel) for channel in image])
-            images.append(stretch(image[None], self.size, False)[0])
+            images.append(frame_image(image, self.size))
             shapes.append(list(mask.shape))
             classes = map_labels(mask, self.values, mask_path)
             masks.append(stretch(classes[None], self.size, True)[0])

@@ -209,6 +209,30 @@ class SliceStore:
     def __len__(self) -> int:
         return len(self.masks)
 
+    def preprocessing(self) -> dict:
+        """What a model trained on this store needs to segment new files and write their
+        masks back: format, size R, modalities, class names, the reader's options, the slice
+        transform ('pad', 'stretch' or 'none') and label_values, class index (str) -> the
+        value written for it (None for the phantom, which has no files). Image folders write
+        the largest pixel value that maps to a class (255 for 0/255 binary masks)."""
+        geometry = self.manifest["patients"][0].get("geometry", {})
+        options = dict(self.manifest["provenance"].get("reader_options") or {})
+        options.pop("skipped_folders", None)
+        label_values = geometry.get("label_values")
+        if self.manifest["format"] == "folder" and "values" in options:
+            label_values = {}
+            for value, index in sorted((int(v), c) for v, c in options["values"].items()):
+                label_values[str(index)] = value  # ascending: the largest value wins
+        return {
+            "format": self.manifest["format"],
+            "size": self.size,
+            "modalities": self.modalities,
+            "class_names": self.class_names,
+            "options": options,
+            "transform": geometry.get("transform"),
+            "label_values": label_values,
+        }
+
     def patient_ids(self, split: str = "all") -> list[str]:
         if split == "all":
             return [p["id"] for p in self.manifest["patients"]]

@@ -65,19 +65,37 @@ def pad_or_crop(slices: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
     return slices, offsets
 
 
-def stretch(slices: np.ndarray, size: int, labels: bool) -> np.ndarray:
-    """(N, [C,] H, W) -> (N, [C,] size, size): bilinear for images, nearest for labels."""
-    if slices.shape[-2:] == (size, size):
+def undo_pad_or_crop(slices: np.ndarray, offsets: list[int], shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of pad_or_crop: (..., R, R) frames -> (..., H, W) = `shape`, the source's own
+    grid. Where the source was cropped away (negative offsets) the result is 0."""
+    frame = slices.shape[-2:]
+    out = np.zeros((*slices.shape[:-2], *shape), dtype=slices.dtype)
+    source, target = [], []
+    for offset, extent, size in zip(offsets, shape, frame, strict=True):
+        start = max(offset, 0)  # first frame row that holds the source
+        skip = max(-offset, 0)  # source rows cropped off before the frame
+        count = min(extent - skip, size - start)
+        source.append(slice(start, start + count))
+        target.append(slice(skip, skip + count))
+    out[..., target[0], target[1]] = slices[..., source[0], source[1]]
+    return out
+
+
+def stretch(slices: np.ndarray, size: int | tuple[int, int], labels: bool) -> np.ndarray:
+    """(N, [C,] H, W) -> (N, [C,] size, size), or to (h, w) when `size` is a pair: bilinear
+    for images, nearest for labels."""
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    if slices.shape[-2:] == shape:
         return slices
     tensor = torch.from_numpy(np.ascontiguousarray(slices))
     squeeze = tensor.dim() == 3
     if squeeze:
         tensor = tensor.unsqueeze(1)
     if labels:
-        out = F.interpolate(tensor.float(), size=(size, size), mode="nearest-exact")
+        out = F.interpolate(tensor.float(), size=shape, mode="nearest-exact")
         out = out.to(tensor.dtype)
     else:
-        out = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", align_corners=False)
+        out = F.interpolate(tensor.float(), size=shape, mode="bilinear", align_corners=False)
     if squeeze:
         out = out.squeeze(1)
     return out.numpy()

@@ -1,1 +1,1 @@
-"""Getting a trained model out of Python: ONNX export (and, later, bench, predict, plan)."""
+"""Getting a trained model out of Python: ONNX export, predict (and, later, bench, plan)."""

@@ -1,0 +1,429 @@
+"""upseg predict: segment NIfTI volumes and images with a trained run; each mask lands in its
+input's own voxel grid with the source's label values.
+
+An input goes through the functions that built the run's slice store (the readers' own
+z-scoring and pad / stretch to R), is rounded to float16 as the store keeps its frames, and
+is downsampled to r with the run's mode, so the model sees what it saw in training. The
+R x R class maps then go back the way they came: un-padded (or un-cropped) for BraTS,
+stretched back with nearest neighbours for Decathlon slices and images, and class indices
+turned back into label values (BraTS 0/1/2/4, the Decathlon labels, the folder's pixel
+values). A NIfTI mask takes its input's affine and header; an image mask is a PNG.
+
+A bad input is reported (file and problem), skipped, and the others are still written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from upseg.data import brats, decathlon, folder
+from upseg.data.errors import DataError
+from upseg.data.store import SliceStore
+from upseg.data.volume import load_nifti, stretch, undo_pad_or_crop
+from upseg.metrics import labels_from_logits
+from upseg.models import LowResSegmenter
+from upseg.resize import downsample_image, stretch_logits
+from upseg.train import TrainConfig, load_run, resolve_device
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+FORMATS = ("brats", "decathlon", "folder")
+
+
+def nifti_suffix(path: Path) -> str | None:
+    """'.nii.gz' or '.nii' when `path` names a NIfTI file, else None."""
+    return next((s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)), None)
+
+
+@dataclass
+class Job:
+    """One input and the mask it becomes. kind: 'case' (a BraTS case folder), 'nifti' (one
+    volume file) or 'image' (a PNG / TIFF)."""
+
+    source: Path
+    kind: str
+    out: Path
+
+
+@dataclass
+class Frames:
+    """One input prepared like a training case."""
+
+    images: np.ndarray  # (N, C, R, R) float32 at full resolution R
+    positions: np.ndarray  # (N,) slice positions on the volume's last axis; [0] for an image
+    shape: tuple[int, ...]  # the mask's grid: (X, Y, Z) for a volume, (H, W) for an image
+    offsets: list[int] | None = None  # pad_or_crop's [top, left]; None: slices were stretched
+    reference: Path | None = None  # NIfTI whose affine and header the mask takes
+
+
+class Predictor:
+    """A trained model with its data preprocessing (`spec`, see SliceStore.preprocessing)."""
+
+    def __init__(
+        self,
+        model: LowResSegmenter,
+        config: TrainConfig,
+        spec: dict,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if spec["format"] not in FORMATS:
+            raise ValueError(
+                f"the run was trained on {spec['format']!r} data, which has no files to "
+                f"predict on; predict takes runs trained on {', '.join(FORMATS)} data"
+            )
+        if not spec.get("label_values"):
+            raise ValueError("the run's store records no label values to write masks with")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.config = config
+        self.spec = spec
+        self.size = int(spec["size"])
+        self.modalities = list(spec["modalities"])
+        values = spec["label_values"]
+        lut = [int(values[str(c)]) for c in range(len(spec["class_names"]))]
+        dtype = np.uint8 if max(lut) <= 255 and min(lut) >= 0 else np.int16
+        self.label_values = np.asarray(lut, dtype=dtype)  # class index -> written value
+
+    @classmethod
+    def from_run(cls, run: str | Path, checkpoint: str = "last", device: str = "auto") -> Predictor:
+        """The run's model and preprocessing: from the checkpoint, or, for checkpoints that
+        do not record it, from the run's slice store."""
+        try:
+            target = resolve_device(device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
+        model, config, state = load_run(run, checkpoint)
+        spec = state.get("data") or SliceStore(config.store).preprocessing()
+        return cls(model, config, spec, target)
+
+    # -- the model's side: R x R frames -> inputs at r -> classes at R -------------------
+    def inputs(self, images: np.ndarray) -> torch.Tensor:
+        """(N, C, R, R) frames -> (N, C, r, r) float32 model inputs, on the CPU, computed as
+        SliceStore.lowres_images computes them from the store's float16 frames."""
+        block = torch.from_numpy(np.asarray(images, dtype=np.float16).astype(np.float32))
+        return downsample_image(block, self.config.input_size, self.config.downsample)
+
+    @torch.no_grad()
+    def classes(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(N, C, R, R) frames -> (N, R, R) uint8 class indices (a baseline's logits are
+        stretched bilinearly to R first, as evaluation scores them)."""
+        out = np.zeros((len(images), self.size, self.size), dtype=np.uint8)
+        for start in range(0, len(images), batch_size):
+            x = self.inputs(images[start : start + batch_size]).to(self.device)
+            logits = stretch_logits(self.model(x).float(), self.size)
+            out[start : start + len(x)] = labels_from_logits(logits).to(torch.uint8).cpu().numpy()
+        return out
+
+    # -- the file's side: input -> frames, classes -> mask in the input's grid ------------
+    def read(self, job: Job) -> Frames:
+        """Load and preprocess one input exactly as the run's store was prepared."""
+        fmt = self.spec["format"]
+        if fmt == "folder":
+            return self._read_image(job.source)
+        if job.kind == "case":
+            volumes, reference = self._read_case(job.source)
+        else:
+            volumes, reference = self._read_volume(job.source), job.source
+        if fmt == "brats":
+            images, brain = brats.normalise(volumes)
+            if self.spec["options"].get("slices") == "all":
+                positions = np.arange(images.shape[-1])
+            else:  # slices without brain are background; training saw none of them
+                positions = np.flatnonzero(brain.any(axis=(0, 1)))
+            frames, offsets = brats.frame_slices(images, positions, self.size)
+            shape = volumes[0].shape
+            return Frames(frames, positions, shape, offsets=offsets, reference=reference)
+        positions = np.arange(volumes[0].shape[-1])
+        frames = decathlon.image_slices(volumes[0], positions, self.size)
+        return Frames(frames, positions, volumes[0].shape, reference=reference)
+
+    def _read_case(self, case: Path) -> tuple[list[np.ndarray], Path]:
+        paths = []
+        for name in self.modalities:
+            path = brats.modality_file(case, name)
+            if path is None:
+                raise DataError(
+                    case,
+                    f"modality {name!r} is missing (no *_{name}.nii[.gz]); the model needs "
+                    f"{', '.join(self.modalities)}",
+                )
+            paths.append(path)
+        volumes = []
+        for path in paths:
+            volume = load_nifti(path)[0]
+            if volume.ndim != 3:
+                raise DataError(path, f"expected a 3-D volume, got shape {volume.shape}")
+            if volumes and volume.shape != volumes[0].shape:
+                raise DataError(
+                    path, f"shape {volume.shape} differs from {paths[0].name}'s {volumes[0].shape}"
+                )
+            volumes.append(volume)
+        return volumes, paths[0]
+
+    def _read_volume(self, path: Path) -> list[np.ndarray]:
+        """One NIfTI file -> the model's channels as 3-D volumes."""
+        data = load_nifti(path)[0]
+        if self.spec["format"] == "decathlon":
+            index = self.spec["options"].get("modality_index")
+            name = self.modalities[0]
+            if data.ndim == 4 and index is None:
+                raise DataError(
+                    path,
+                    f"is 4-D, and the run's store does not record which channel is {name}; "
+                    "give a 3-D file of that modality",
+                )
+            return [decathlon.select_modality(data, 0 if data.ndim == 3 else index, name, path)]
+        if data.ndim not in (3, 4):
+            raise DataError(path, f"expected a 3-D or 4-D volume, got shape {data.shape}")
+        count, found = len(self.modalities), 1 if data.ndim == 3 else data.shape[3]
+        if found != count:
+            raise DataError(
+                path,
+                f"holds {found} channel(s); the model needs {count} "
+                f"({', '.join(self.modalities)}): give the BraTS case folder, or one 4-D file "
+                "with them in this order on the last axis",
+            )
+        return [data] if data.ndim == 3 else [data[..., k] for k in range(count)]
+
+    def _read_image(self, path: Path) -> Frames:
+        image = folder.load_image(path)
+        if image.shape[0] != len(self.modalities):
+            raise DataError(
+                path,
+                f"has {image.shape[0]} channels, the model takes {len(self.modalities)}",
+            )
+        frame = folder.frame_image(image, self.size)
+        return Frames(frame[None], np.zeros(1, dtype=np.int64), image.shape[1:])
+
+    def restore(self, classes: np.ndarray, frames: Frames) -> np.ndarray:
+        """(N, R, R) class indices -> label values in the input's grid (`frames.shape`)."""
+        plane = tuple(frames.shape[:2])
+        if frames.offsets is not None:
+            grid = undo_pad_or_crop(classes, frames.offsets, plane)
+        else:
+            grid = stretch(classes, plane, labels=True)
+        values = self.label_values[grid]
+        if len(frames.shape) == 2:
+            return values[0]
+        out = np.zeros(frames.shape, dtype=values.dtype)
+        out[..., frames.positions] = np.moveaxis(values, 0, -1)
+        return out
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def _is_case(path: Path) -> bool:
+    return any(brats.modality_file(path, m) is not None for m in brats.MODALITIES)
+
+
+def _expand(path: Path, fmt: str, out_dir: Path) -> list[Job]:
+    """The jobs one command-line input stands for; DataError when it holds none."""
+    if not path.exists():
+        raise DataError(path, "not found")
+    if fmt == "folder":
+        if path.is_dir():
+            images = path / "images" if (path / "images").is_dir() else path
+            files = [
+                f
+                for f in sorted(images.iterdir())
+                if f.suffix.lower() in folder.EXTENSIONS and not f.stem.endswith("_mask")
+            ]
+            if not files:
+                raise DataError(path, f"no images here ({', '.join(folder.EXTENSIONS)})")
+            return [Job(f, "image", out_dir / f"{f.stem}.png") for f in files]
+        if path.suffix.lower() not in folder.EXTENSIONS:
+            raise DataError(
+                path,
+                f"the model was trained on image files; give {', '.join(folder.EXTENSIONS)} "
+                "files or folders of them",
+            )
+        return [Job(path, "image", out_dir / f"{path.stem}.png")]
+    if path.is_dir():
+        if fmt == "brats":
+            cases = [path] if _is_case(path) else [d for d in sorted(path.iterdir()) if _is_case(d)]
+            if not cases:
+                raise DataError(
+                    path,
+                    "no BraTS case here (a folder of <case>_{flair,t1,t1ce,t2}.nii[.gz], or "
+                    "a folder of such folders)",
+                )
+            jobs = []
+            for case in cases:
+                files = [brats.modality_file(case, m) for m in brats.MODALITIES]
+                suffix = nifti_suffix(next(f for f in files if f is not None)) or ".nii.gz"
+                jobs.append(Job(case, "case", out_dir / f"{case.name}{suffix}"))
+            return jobs
+        files = [f for f in sorted(path.iterdir()) if f.is_file() and nifti_suffix(f)]
+        if not files:
+            raise DataError(path, "no NIfTI files (.nii, .nii.gz) here")
+        return [_volume_job(f, out_dir) for f in files]
+    if nifti_suffix(path) is None:
+        raise DataError(
+            path,
+            f"the model was trained on {fmt} volumes; give NIfTI files (.nii, .nii.gz)"
+            + (" or BraTS case folders" if fmt == "brats" else ""),
+        )
+    return [_volume_job(path, out_dir)]
+
+
+def _volume_job(path: Path, out_dir: Path) -> Job:
+    suffix = nifti_suffix(path) or ".nii.gz"
+    return Job(path, "nifti", out_dir / f"{path.name[: -len(suffix)]}{suffix}")
+
+
+def find_inputs(
+    inputs: Sequence[str | Path], fmt: str, out_dir: str | Path
+) -> tuple[list[Job], list[DataError]]:
+    """Jobs for the command-line inputs, and the inputs that hold none. Two inputs that would
+    write the same mask, or a mask that would replace its own input, are bad usage
+    (ValueError)."""
+    out_dir = Path(out_dir)
+    jobs, problems, seen = [], [], {}
+    for item in inputs:
+        try:
+            expanded = _expand(Path(item), fmt, out_dir)
+        except DataError as error:
+            problems.append(error)
+            continue
+        for job in expanded:
+            source = job.source.resolve()
+            if source in seen.values():
+                continue  # the same input named twice
+            target = job.out.resolve()
+            if target == source:
+                raise ValueError(f"{job.out} would replace its own input; choose another --out")
+            if target in seen:
+                raise ValueError(
+                    f"{seen[target]} and {job.source} would both be written to {job.out}; "
+                    "predict them into different --out folders"
+                )
+            seen[target] = source
+            jobs.append(job)
+    return jobs, problems
+
+
+# -- outputs --------------------------------------------------------------------------------
+def _tmp_path(path: Path) -> Path:
+    suffix = nifti_suffix(path) or path.suffix
+    return path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
+
+
+def write_nifti_mask(labels: np.ndarray, reference: Path, path: Path) -> None:
+    """Write `labels` (the reference's 3-D grid) with the reference's affine and header
+    (qform, sform and their codes, units, description), as an integer label image."""
+    ref = nib.load(reference)
+    if labels.shape != ref.shape[:3]:
+        raise ValueError(f"mask {labels.shape} does not match {reference} {ref.shape}")
+    image = type(ref)(labels, ref.affine, ref.header.copy())
+    image.set_data_dtype(labels.dtype)
+    header = image.header
+    header.set_slope_inter(1, 0)
+    header.set_intent("label")
+    header["cal_min"], header["cal_max"] = 0, float(labels.max(initial=0))
+    image.set_qform(ref.get_qform(), int(ref.header["qform_code"]))
+    image.set_sform(ref.get_sform(), int(ref.header["sform_code"]))
+    _atomic(path, lambda tmp: nib.save(image, tmp))
+
+
+def write_png_mask(labels: np.ndarray, path: Path) -> None:
+    """(H, W) labels -> 8-bit grey PNG (16-bit when a value exceeds 255)."""
+    from PIL import Image
+
+    if labels.max(initial=0) > 255:
+        image = Image.fromarray(labels.astype(np.uint16))
+    else:
+        image = Image.fromarray(labels.astype(np.uint8), mode="L")
+    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _atomic(path: Path, save: Callable[[Path], None]) -> None:
+    tmp = _tmp_path(path)
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- the command ----------------------------------------------------------------------------
+def predict(
+    run: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    checkpoint: str = "last",
+    batch_size: int = 32,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> dict:
+    """Segment every input with the run's model and write one mask per input into `out`.
+
+    Returns {"written": [paths], "skipped": [{"path", "problem"}]}. A bad input (unreadable,
+    missing modalities, NaNs, wrong channel count) and an existing mask without `force` are
+    skipped and passed to `on_skip(path, problem)` at once; the rest are still written.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    predictor = Predictor.from_run(run, checkpoint, device)
+    out = Path(out)
+    jobs, problems = find_inputs(inputs, predictor.spec["format"], out)
+    skipped: list[dict] = []
+
+    def skip(path: str | Path, problem: str) -> None:
+        skipped.append({"path": str(path), "problem": problem})
+        if on_skip is not None:
+            on_skip(str(path), problem)
+
+    for error in problems:
+        skip(error.path, error.problem)
+    if not jobs:
+        return {"written": [], "skipped": skipped}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(out, f"cannot create the output folder ({error.strerror})") from None
+    written: list[str] = []
+    bar = tqdm(jobs, desc="predict", unit="input", disable=not progress)
+    for job in bar:
+        if job.out.exists() and not force:
+            skip(job.out, "exists; pass --force to replace it")
+            continue
+        bar.set_postfix_str(job.source.name)
+        try:
+            frames = predictor.read(job)
+            classes = predictor.classes(frames.images, batch_size)
+            labels = predictor.restore(classes, frames)
+            if frames.reference is not None:
+                write_nifti_mask(labels, frames.reference, job.out)
+            else:
+                write_png_mask(labels, job.out)
+        except DataError as error:
+            skip(error.path, error.problem)
+            continue
+        except OSError as error:  # e.g. a full disk: name the mask that was not written
+            skip(job.out, f"cannot write the mask ({error.strerror or error})")
+            continue
+        written.append(str(job.out))
+    bar.close()
+    return {"written": written, "skipped": skipped}
+
+
+__all__ = [
+    "Frames",
+    "Job",
+    "Predictor",
+    "find_inputs",
+    "predict",
+    "write_nifti_mask",
+    "write_png_mask",
+]
