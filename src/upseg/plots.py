@@ -103,14 +103,24 @@ def tradeoff_plot(
     return _finish(fig, ax, path, title)
 
 
-def curves_plot(
-    curves: dict[str, Sequence[float]], path: Path, ylabel: str, title: str = ""
-) -> Path:
-    """One line per label: a value after every epoch (epochs counted from 1)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, values in curves.items():
-        if len(values):
-            ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
+def curves_plot(rows: Sequence[dict], path: Path, ylabel: str, title: str = "") -> Path:
+    """A value after every epoch (row["curve"], epochs counted from 1): one colour per
+    row["method"], one line style per row["input"]."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    sizes = sorted({row["input"] for row in rows})
+    styles = ["-", "--", ":", "-."]
+    for row in rows:
+        if not len(row["curve"]):
+            continue
+        ax.plot(
+            range(1, len(row["curve"]) + 1),
+            row["curve"],
+            color=f"C{methods.index(row['method']) % 10}",
+            linestyle=styles[sizes.index(row["input"]) % len(styles)],
+            marker=".",
+            label=f"{row['method']} @ {row['input']}",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

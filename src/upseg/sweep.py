@@ -279,10 +279,10 @@ def _report(
             log_x=True,
         ),
         curves_plot(
-            {f"{row['method']} @ {row['input']}": row["curve"] for row in rows},
+            rows,
             out / "curves_val_foreground_dice.png",
-            "validation foreground Dice at R (mean over runs)",
-            f"Validation after every epoch ({rows[0]['runs']}+ runs each)",
+            "validation foreground Dice at R",
+            "Validation after every epoch (mean over each row's runs)",
         ),
     ]
     return {"rows": rows, "tables": tables, "figures": figures}
