@@ -26,11 +26,7 @@ def architecture(method: str) -> str:
 
 def read_sweep(path: str | Path) -> list[dict]:
     """Rows of `sweep.csv` (a file, or the sweep folder holding it), numbers as floats."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "sweep.csv"
-    if not path.is_file():
-        raise DataError(path, "no sweep results here; run upseg sweep first")
+    path = _locate(path, "sweep.csv", "upseg sweep")
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or not {"method", "input"} <= set(rows[0]):
@@ -50,16 +46,22 @@ def read_sweep(path: str | Path) -> list[dict]:
 
 def read_bench(path: str | Path) -> list[dict]:
     """Rows of `bench.json` (a file, or the bench folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "bench.json"
-    if not path.is_file():
-        raise DataError(path, "no bench results here; run upseg bench first")
+    path = _locate(path, "bench.json", "upseg bench")
     try:
         rows = json.loads(path.read_text())["rows"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(path, f"not a bench.json ({error})") from None
     return rows
+
+
+def _locate(path: str | Path, name: str, command: str) -> Path:
+    """`path` itself, or the file `name` inside the folder `path`; it must exist."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise DataError(path, f"no {command.split()[-1]} results here; run {command} first")
+    return path
 
 
 def plan(
