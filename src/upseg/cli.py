@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from upseg.deploy.bench import DEFAULT_RUNTIMES, RUNTIMES
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json
 from upseg.models import list_backbones
@@ -385,6 +386,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from upseg.deploy.bench import run_bench
+    from upseg.deploy.bench_report import bench_preamble, bench_table, write_bench
+
+    if args.keep_freed_memory:
+        from upseg.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    result = run_bench(
+        args.methods,
+        args.resolutions,
+        args.runtimes,
+        args.batches,
+        args.output_size,
+        args.in_channels,
+        args.classes,
+        args.threads,
+        args.device,
+        args.warmup,
+        args.repeats,
+        args.rounds,
+        tuple(args.peak_shape),
+        args.backbone_kwargs,
+        args.checkpoint,
+        progress=not args.quiet,
+    )
+    result["settings"]["command"] = "upseg " + " ".join(args.argv)
+    result["settings"]["keep_freed_memory"] = args.keep_freed_memory
+    print(bench_preamble(result) + "\n")
+    print(bench_table(result))
+    for path in write_bench(result, args.out):
+        print(f"wrote {path}")
+    return 0 if result["rows"] else 1
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -700,6 +736,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest allowed |ONNX - PyTorch| (default 1e-4)",
     )
     export.set_defaults(func=cmd_export, parser=export)
+
+    bench = commands.add_parser(
+        "bench",
+        help="latency and throughput of models x input sizes x runtimes (torch, onnxruntime)",
+        description="Time each model at each input size with each runtime at batch 1 and a "
+        "larger batch, forward only and end to end (image at r in, label mask at R out), "
+        "against the machine's conv peak; print a table and write CSV, JSON and a figure "
+        "(paper Fig. 6).",
+        epilog="examples:\n  upseg bench --methods elunet elunet+plain --resolutions 16 32 64 "
+        "--threads 2 --out bench/\n  upseg bench --methods runs/head16 runs/base16 --out "
+        "bench/ --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        metavar="METHOD",
+        help="backbone[+plain|+skip[:upsample]] (fresh weights) or a run directory",
+    )
+    bench.add_argument("--resolutions", type=int, nargs="+", default=[16, 32, 64], metavar="r")
+    bench.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=list(DEFAULT_RUNTIMES),
+        choices=sorted(RUNTIMES),
+        metavar="RUNTIME",
+        help=f"from: {', '.join(sorted(RUNTIMES))} (default: all)",
+    )
+    bench.add_argument("--batches", type=int, nargs="+", default=[1, 32], metavar="B")
+    bench.add_argument("--output-size", type=int, default=256, help="R (default 256)")
+    bench.add_argument("--in-channels", type=int, default=4)
+    bench.add_argument("--classes", type=int, default=4)
+    bench.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed calls per case")
+    bench.add_argument("--repeats", type=int, default=30, help="timed calls per case")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    bench.add_argument(
+        "--peak-shape",
+        type=int,
+        nargs=3,
+        default=[32, 64, 128],
+        metavar=("BATCH", "CHANNELS", "SIZE"),
+        help="the 3x3 conv that measures the peak (default 32 64 128)",
+    )
+    bench.add_argument("--backbone-kwargs", type=_json_dict, metavar="JSON")
+    bench.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    bench.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="apply upseg.runtime.keep_freed_memory() (glibc malloc) first, as training does",
+    )
+    bench.add_argument("--out", type=Path, required=True, help="folder for bench.{md,csv,json}")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
