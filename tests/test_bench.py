@@ -62,11 +62,12 @@ def test_rows_for_every_model_size_runtime_mode_and_batch(result: dict) -> None:
 def test_latencies_and_throughput_are_consistent(result: dict) -> None:
     for row in result["rows"]:
         assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
-        assert row["p90_ms"] >= row["median_ms"]
+        assert row["p90_ms"] >= row["median_ms"] >= row["min_ms"] > 0
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["median_ms"])
         assert row["calls"] == 4  # 3 repeats over 2 rounds: 2 per round
         assert row["gflops"] > 0 and row["pct_peak"] > 0
-    assert result["conv_peak"]["gflops"] > 0
+    peak = result["conv_peak"]
+    assert peak["gflops_best"] >= peak["gflops"] == max(peak["gflops_before_after"]) > 0
 
 
 def test_outputs_follow_the_mode(result: dict) -> None:

@@ -61,7 +61,10 @@ def bench_preamble(result: dict) -> str:
         + f", {machine['threads']} threads; 1-minute load average before / after: "
         + " / ".join(str(v) for v in machine.get("load_average_before_after", []))
         + ".",
-        f"Conv peak (PyTorch fp32, {peak['shape']}): {peak['gflops']:.1f} GFLOP/s.",
+        f"Conv peak (PyTorch fp32, {peak['shape']}): {peak['gflops']:.1f} GFLOP/s (median call; "
+        "measured before / after the cases: "
+        + " / ".join(f"{v:.1f}" for v in peak.get("gflops_before_after", []))
+        + f"; fastest call {peak['gflops_best']:.1f}).",
         f"{settings['in_channels']} channels, {settings['classes']} classes, R = "
         f"{settings['output_size']}; {settings['warmup']} warm-up calls, {settings['repeats']} "
         f"timed calls per case in {settings['rounds']} interleaved rounds.",
