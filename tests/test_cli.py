@@ -22,6 +22,7 @@ def test_profile_prints_a_table_and_writes_csv(tmp_path, capsys) -> None:
             "1",
             "--classes",
             "1",
+            "--no-memory",
             "--csv",
             str(out),
         ]
@@ -47,6 +48,7 @@ def test_profile_skips_impossible_configurations(capsys) -> None:
             "64",
             "--output-size",
             "256",
+            "--no-memory",
         ]
     )
     assert code == 0

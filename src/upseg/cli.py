@@ -9,8 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from upseg.deploy.bench import DEFAULT_RUNTIMES, RUNTIMES
 from upseg.errors import DataError, TrainingError
-from upseg.io import write_csv
+from upseg.io import write_csv, write_json
 from upseg.models import list_backbones
 
 HEAD_CHOICES = ("none", "plain", "skip")
@@ -29,39 +30,94 @@ def _markdown_table(rows: list[dict[str, object]], columns: Sequence[str]) -> st
     return "\n".join(lines)
 
 
+PROFILE_COLUMNS = {
+    "method": "Method",
+    "input": "Resolution",
+    "output": "Output",
+    "params": "Params",
+    "head_params": "Head params",
+    "gmac": "Complexity (GMac)",
+    "activation_mb": "Memory (MB)",
+    "peak_mb": "Peak (MB)",
+}
+
+
+def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
+    from upseg.models import method_name
+    from upseg.profile import profile_model
+    from upseg.train import load_run
+
+    rows = []
+    for run in args.runs:
+        model, config, _ = load_run(run, args.checkpoint)
+        method = method_name(config.backbone, config.head, config.head_init)
+        row = profile_model(
+            model,
+            method,
+            model.input_size,
+            model.output_size,
+            model.in_channels,
+            memory=not args.no_memory,
+        )
+        rows.append({**row, "run": str(run)})
+    return rows
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from upseg.models import method_name
     from upseg.profile import profile_row
 
     rows, skipped = [], []
-    for size in args.input_sizes:
-        for backbone in args.backbones:
-            for head_choice in args.heads:
-                head = None if head_choice == "none" else head_choice
-                try:
-                    rows.append(
-                        profile_row(
-                            backbone, head, size, args.output_size, args.in_channels, args.classes
+    if args.runs:
+        rows = _profile_runs(args)
+    else:
+        for size in args.input_sizes:
+            for backbone in args.backbones:
+                for head_choice in args.heads:
+                    head = None if head_choice == "none" else head_choice
+                    try:
+                        rows.append(
+                            profile_row(
+                                backbone,
+                                head,
+                                size,
+                                args.output_size,
+                                args.in_channels,
+                                args.classes,
+                                memory=not args.no_memory,
+                            )
                         )
-                    )
-                except ValueError as error:
-                    skipped.append(f"{method_name(backbone, head)} at {size}: {error}")
+                    except ValueError as error:
+                        skipped.append(f"{method_name(backbone, head)} at {size}: {error}")
     if not rows:
         print("error: no configuration could be built:\n  " + "\n  ".join(skipped), file=sys.stderr)
         return 2
-    if args.json:
+    if args.json == "-":
         print(json.dumps(rows, indent=2))
     else:
-        print(
-            f"Cost of one {args.in_channels}-channel image, {args.classes} classes "
-            "(GMac = 10^9 multiply-accumulates, counted with torch FlopCounterMode):\n"
+        channels = "input channels of each run" if args.runs else f"{args.in_channels}-channel"
+        memory = (
+            ""
+            if args.no_memory
+            else "; Memory = torchinfo's forward/backward pass size; Peak = measured peak of CPU "
+            "memory allocated by torch during one inference (MB = 10^6 bytes)"
         )
-        print(_markdown_table(rows, ["method", "input", "output", "params", "head_params", "gmac"]))
+        print(
+            f"Cost of one {channels} image, batch 1 (paper Table IV layout). GMac = 10^9 "
+            f"multiply-accumulates counted with torch FlopCounterMode{memory}:\n"
+        )
+        columns = [c for c in PROFILE_COLUMNS if c in rows[0]] + (["run"] if args.runs else [])
+        table = _markdown_table(rows, columns)
+        header = "| " + " | ".join(PROFILE_COLUMNS.get(c, c) for c in columns) + " |"
+        print("\n".join([header, *table.splitlines()[1:]]))
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if args.csv:
         write_csv(args.csv, rows)
         print(f"\nwrote {args.csv}")
+    if args.json not in (None, "-"):
+        write_json(args.json, rows)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -424,6 +480,41 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from upseg.deploy.bench import run_bench
+    from upseg.deploy.bench_report import bench_preamble, bench_table, write_bench
+
+    if args.keep_freed_memory:
+        from upseg.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    result = run_bench(
+        args.methods,
+        args.resolutions,
+        args.runtimes,
+        args.batches,
+        args.output_size,
+        args.in_channels,
+        args.classes,
+        args.threads,
+        args.device,
+        args.warmup,
+        args.repeats,
+        args.rounds,
+        tuple(args.peak_shape),
+        args.backbone_kwargs,
+        args.checkpoint,
+        progress=not args.quiet,
+    )
+    result["settings"]["command"] = "upseg " + " ".join(args.argv)
+    result["settings"]["keep_freed_memory"] = args.keep_freed_memory
+    print(bench_preamble(result) + "\n")
+    print(bench_table(result))
+    for path in write_bench(result, args.out):
+        print(f"wrote {path}")
+    return 0 if result["rows"] else 1
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -496,12 +587,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = commands.add_parser(
         "profile",
-        help="parameters and GMac of backbones with and without the up-scaling head",
-        description="Count parameters and multiply-accumulates of each backbone x head x "
-        "input size.",
-        epilog="example: upseg profile --backbones elunet unet --input-sizes 16 32 "
-        "--output-size 256 --csv profile.csv",
+        help="parameters, GMac and memory of backbones with and without the up-scaling head",
+        description="Count parameters and multiply-accumulates, and report memory (torchinfo's "
+        "forward/backward pass size and the measured peak of one batch-1 CPU inference), of "
+        "each backbone x head x input size, or of trained runs, in the layout of paper Table IV.",
+        epilog="examples:\n  upseg profile --backbones elunet unet --input-sizes 16 32 "
+        "--output-size 256 --csv profile.csv\n  upseg profile runs/head16 runs/base16 --json -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    profile.add_argument(
+        "runs",
+        type=Path,
+        nargs="*",
+        metavar="RUN",
+        help="run directories to profile at their own sizes (instead of --backbones ...)",
+    )
+    profile.add_argument("--checkpoint", choices=("last", "best"), default="last")
     profile.add_argument(
         "--backbones",
         nargs="+",
@@ -520,8 +621,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     profile.add_argument("--in-channels", type=int, default=4, help="image channels (default 4)")
     profile.add_argument("--classes", type=int, default=4, help="output classes (default 4)")
+    profile.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="counts only (no forward pass): leave out the two memory columns",
+    )
     profile.add_argument("--csv", type=Path, help="also write the table as CSV here")
-    profile.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    profile.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the rows as JSON to FILE; alone, print JSON instead of the table",
+    )
     profile.set_defaults(func=cmd_profile)
 
     prepare = commands.add_parser(
@@ -793,6 +905,61 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--metric", default="foreground_dice", help="a sweep.csv column")
     plan.add_argument("--out", type=Path, help="folder for plan.csv and plan.json")
     plan.set_defaults(func=cmd_plan)
+    bench = commands.add_parser(
+        "bench",
+        help="latency and throughput of models x input sizes x runtimes (torch, onnxruntime)",
+        description="Time each model at each input size with each runtime at batch 1 and a "
+        "larger batch, forward only and end to end (image at r in, label mask at R out), "
+        "against the machine's conv peak; print a table and write CSV, JSON and a figure "
+        "(paper Fig. 6).",
+        epilog="examples:\n  upseg bench --methods elunet elunet+plain --resolutions 16 32 64 "
+        "--threads 2 --out bench/\n  upseg bench --methods runs/head16 runs/base16 --out "
+        "bench/ --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument(
+        "--methods",
+        nargs="+",
+        required=True,
+        metavar="METHOD",
+        help="backbone[+plain|+skip[:upsample]] (fresh weights) or a run directory",
+    )
+    bench.add_argument("--resolutions", type=int, nargs="+", default=[16, 32, 64], metavar="r")
+    bench.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=list(DEFAULT_RUNTIMES),
+        choices=sorted(RUNTIMES),
+        metavar="RUNTIME",
+        help=f"from: {', '.join(sorted(RUNTIMES))} (default: all)",
+    )
+    bench.add_argument("--batches", type=int, nargs="+", default=[1, 32], metavar="B")
+    bench.add_argument("--output-size", type=int, default=256, help="R (default 256)")
+    bench.add_argument("--in-channels", type=int, default=4)
+    bench.add_argument("--classes", type=int, default=4)
+    bench.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed calls per case")
+    bench.add_argument("--repeats", type=int, default=30, help="timed calls per case")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    bench.add_argument(
+        "--peak-shape",
+        type=int,
+        nargs=3,
+        default=[32, 64, 128],
+        metavar=("BATCH", "CHANNELS", "SIZE"),
+        help="the 3x3 conv that measures the peak (default 32 64 128)",
+    )
+    bench.add_argument("--backbone-kwargs", type=_json_dict, metavar="JSON")
+    bench.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    bench.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="apply upseg.runtime.keep_freed_memory() (glibc malloc) first, as training does",
+    )
+    bench.add_argument("--out", type=Path, required=True, help="folder for bench.{md,csv,json}")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

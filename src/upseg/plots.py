@@ -140,3 +140,62 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def latency_figure(rows: Sequence[dict], path: Path, title: str = "") -> Path:
+    """Paper Fig. 6 for `upseg bench` rows: left, batch-1 latency (ms, log scale) against the
+    input side r, one colour per method and runtime, end to end solid and forward dashed;
+    right, end-to-end throughput (images/s) at the largest batch measured."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    largest = max(r["batch"] for r in rows)
+    series = list(dict.fromkeys((r["method"], r["runtime"]) for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (method, runtime) in enumerate(series):
+        colour = colours[i % len(colours)]
+        mine = [r for r in rows if (r["method"], r["runtime"]) == (method, runtime)]
+        for mode, style in (("e2e", "-"), ("forward", "--")):
+            points = sorted(
+                (r["input"], r["median_ms"]) for r in mine if r["batch"] == 1 and r["mode"] == mode
+            )
+            if points:
+                left.plot(
+                    *zip(*points, strict=True),
+                    style,
+                    marker="o",
+                    color=colour,
+                    label=f"{method} · {runtime}" if mode == "e2e" else None,
+                )
+        points = sorted(
+            (r["input"], r["images_per_s"])
+            for r in mine
+            if r["batch"] == largest and r["mode"] == "e2e"
+        )
+        if points:
+            right.plot(
+                *zip(*points, strict=True),
+                "-",
+                marker="o",
+                color=colour,
+                label=f"{method} · {runtime}",
+            )
+    sides = sorted({r["input"] for r in rows})
+    for ax, ylabel in (
+        (left, "batch 1 latency (ms; solid end-to-end, dashed forward)"),
+        (right, f"end-to-end throughput at batch {largest} (images/s)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sides, [f"{s}x{s}" for s in sides])
+        ax.minorticks_off()
+        ax.set_xlabel("input resolution r")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

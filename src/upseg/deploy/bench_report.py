@@ -1,0 +1,104 @@
+"""`upseg bench` results as a markdown table (forward and end to end side by side), CSV,
+JSON and the figure of paper Fig. 6."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from upseg.io import write_csv, write_json, write_text_atomic
+
+_MODES = (("forward", "forward"), ("e2e", "end-to-end"))
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def bench_table(result: dict) -> str:
+    """One line per method x runtime x input x batch; each mode's median (p90) ms, images/s
+    and achieved GFLOP/s with its share of the machine's conv peak."""
+    rows = result["rows"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    keys = sorted(
+        {(r["batch"], r["input"], r["method"], r["runtime"]) for r in rows},
+        key=lambda k: (k[0], k[1], methods.index(k[2]), runtimes.index(k[3])),
+    )
+    by_key = {(r["batch"], r["input"], r["method"], r["runtime"], r["mode"]): r for r in rows}
+    header = ["method", "runtime", "r → R", "batch"]
+    for _, title in _MODES:
+        header += [f"{title} ms median (p90)", f"{title} images/s", f"{title} GFLOP/s (% peak)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for batch, size, method, runtime in keys:
+        cells = [method, runtime, "", str(batch)]
+        for mode, _ in _MODES:
+            row = by_key.get((batch, size, method, runtime, mode))
+            if row is None:
+                cells += ["-", "-", "-"]
+                continue
+            if mode == "e2e" or not cells[2]:
+                cells[2] = f"{size} → {row['output']}"
+            cells += [
+                f"{_ms(row['median_ms'])} ({_ms(row['p90_ms'])})",
+                _rate(row["images_per_s"]),
+                f"{row['gflops']:.1f} ({row['pct_peak']:.0f}%)",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_preamble(result: dict) -> str:
+    machine, peak, settings = result["machine"], result["conv_peak"], result["settings"]
+    lines = [
+        f"Machine: {machine['cpu']}, {machine['cores_available']} cores available, torch "
+        f"{machine['torch']} ({machine['torch_cpu_capability']}), onnxruntime "
+        f"{machine['onnxruntime']}; device {machine['device']}"
+        + (f" ({machine['gpu']})" if "gpu" in machine else "")
+        + f", {machine['threads']} threads; 1-minute load average before / after: "
+        + " / ".join(str(v) for v in machine.get("load_average_before_after", []))
+        + ".",
+        f"Conv peak (PyTorch fp32, {peak['shape']}): {peak['gflops']:.1f} GFLOP/s (median call; "
+        "measured before / after the cases: "
+        + " / ".join(f"{v:.1f}" for v in peak.get("gflops_before_after", []))
+        + f"; fastest call {peak['gflops_best']:.1f}).",
+        f"{settings['in_channels']} channels, {settings['classes']} classes, R = "
+        f"{settings['output_size']}; {settings['warmup']} warm-up calls, {settings['repeats']} "
+        f"timed calls per case in {settings['rounds']} interleaved rounds.",
+    ]
+    if "command" in settings:
+        lines.insert(0, f"Command: `{settings['command']}`")
+    for skip in result["skipped"]:
+        where = "" if skip["method"] == "all" else f" for {skip['method']} at {skip['input']}"
+        lines.append(f"Skipped {skip['runtime']}{where}: {skip['reason']}")
+    return "\n".join(lines)
+
+
+def write_bench(result: dict, out: str | Path) -> list[Path]:
+    """bench.md, bench.csv (one row per case and mode), bench.json (everything) and
+    bench-fig6.png under `out`."""
+    from upseg.plots import latency_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        write_text_atomic(
+            out / "bench.md", bench_preamble(result) + "\n\n" + bench_table(result) + "\n"
+        ),
+        write_json(out / "bench.json", result),
+    ]
+    if result["rows"]:
+        written.append(write_csv(out / "bench.csv", result["rows"]))
+        machine = result["machine"]
+        written.append(
+            latency_figure(
+                result["rows"],
+                out / "bench-fig6.png",
+                f"Inference time against input resolution ({machine['device']}, "
+                f"{machine['threads']} threads)",
+            )
+        )
+    return written

@@ -1,0 +1,162 @@
+"""upseg bench on tiny models and few calls: structure and bookkeeping, never speed."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.helpers import run_cli
+from upseg.deploy import bench
+from upseg.deploy.bench_report import bench_table, write_bench
+from upseg.deploy.export import export_onnx
+from upseg.deploy.labels import add_label_output
+from upseg.models import build
+from upseg.resize import stretch_logits
+
+TINY = {
+    "output_size": 64,
+    "in_channels": 2,
+    "num_classes": 3,
+    "threads": 1,
+    "warmup": 1,
+    "repeats": 3,
+    "rounds": 2,
+    "peak_shape": (2, 8, 16),
+    "backbone_kwargs": {"base_width": 4},
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    return bench.run_bench(
+        ["elunet", "elunet+plain"],
+        resolutions=[16, 32],
+        runtimes=["torch-fp32", "torch-bf16", "ort-fp32"],
+        batches=[1, 2],
+        **TINY,
+    )
+
+
+def test_rows_for_every_model_size_runtime_mode_and_batch(result: dict) -> None:
+    runtimes = ["torch-fp32", "ort-fp32"]
+    bf16_skips = [s for s in result["skipped"] if s["runtime"] == "torch-bf16"]
+    if not bf16_skips:  # a CPU with native bf16 times it too
+        runtimes.append("torch-bf16")
+    expected = set(
+        itertools.product(["elunet", "elunet+plain"], [16, 32], runtimes, bench.MODES, [1, 2])
+    )
+    got = {(r["method"], r["input"], r["runtime"], r["mode"], r["batch"]) for r in result["rows"]}
+    assert got == expected
+    assert len(result["rows"]) == len(expected)
+
+
+def test_latencies_and_throughput_are_consistent(result: dict) -> None:
+    for row in result["rows"]:
+        assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
+        assert row["p90_ms"] >= row["median_ms"] >= row["min_ms"] > 0
+        assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["median_ms"])
+        assert row["calls"] == 4  # 3 repeats over 2 rounds: 2 per round
+        assert row["gflops"] > 0 and row["pct_peak"] > 0
+    peak = result["conv_peak"]
+    assert peak["gflops_best"] >= peak["gflops"] == max(peak["gflops_before_after"]) > 0
+
+
+def test_outputs_follow_the_mode(result: dict) -> None:
+    for row in result["rows"]:
+        head = row["method"] == "elunet+plain"
+        if row["mode"] == "e2e" or head:
+            assert row["output"] == 64
+        else:
+            assert row["output"] == row["input"]
+    # the head adds its stages' MACs to the same backbone
+    macs = {(r["method"], r["input"]): r["gmac_per_image"] for r in result["rows"]}
+    assert macs[("elunet+plain", 16)] > macs[("elunet", 16)]
+
+
+def test_skipped_runtime_has_a_reason(monkeypatch) -> None:
+    monkeypatch.setattr(bench, "cpu_bf16_support", lambda: (False, "no bf16 on this test CPU"))
+    result = bench.run_bench(
+        ["elunet", "elunet+skip"],
+        resolutions=[32],
+        runtimes=["torch-fp32", "torch-bf16"],
+        batches=[1],
+        **TINY,
+    )
+    reasons = {(s["runtime"], s["method"]): s["reason"] for s in result["skipped"]}
+    assert reasons[("torch-bf16", "all")] == "no bf16 on this test CPU"
+    # 32 -> 64 is one stage; the inner-skip head needs three
+    assert "at least 3 stages" in reasons[("all", "elunet+skip")]
+    assert {r["runtime"] for r in result["rows"]} == {"torch-fp32"}
+    assert {r["method"] for r in result["rows"]} == {"elunet"}
+
+
+def test_bad_usage_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown runtime"):
+        bench.run_bench(["elunet"], runtimes=["tensorrt"], **TINY)
+    with pytest.raises(ValueError, match="not backbone"):
+        bench.run_bench(["elunet+wide"], **TINY)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            bench.run_bench(["elunet"], device="cuda", **TINY)
+
+
+def test_files_written(result: dict, tmp_path: Path) -> None:
+    paths = write_bench(result, tmp_path)
+    assert sorted(p.name for p in paths) == [
+        "bench-fig6.png",
+        "bench.csv",
+        "bench.json",
+        "bench.md",
+    ]
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert len(rows) == len(result["rows"])
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"] == result["rows"]
+    assert (tmp_path / "bench-fig6.png").stat().st_size > 10_000
+    table = bench_table(result)
+    # forward and end to end side by side: one line per method x runtime x size x batch
+    assert len(table.splitlines()) == 2 + len(result["rows"]) // 2
+    assert "| elunet+plain | ort-fp32 | 16 → 64 | 2 |" in table
+
+
+def test_label_graph_matches_pytorch(tmp_path: Path) -> None:
+    """A baseline's graph gains the bilinear stretch to R and argmax (a head model's only the
+    argmax; the bench checks both kinds before timing them)."""
+    model = build("elunet", 2, 3, 16, base_width=4).eval()
+    export_onnx(model, tmp_path / "logits.onnx")
+    add_label_output(tmp_path / "logits.onnx", tmp_path / "labels.onnx", 64)
+    session = ort.InferenceSession(
+        str(tmp_path / "labels.onnx"), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(3, 2, 16, 16)
+    got = session.run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        expected = stretch_logits(model(x), 64).argmax(1).numpy()
+    assert got.shape == expected.shape == (3, 64, 64) and got.dtype == np.int64
+    assert np.mean(got != expected) < 1e-3
+
+
+def test_cli_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    args = ["bench", "--methods", "elunet+plain", "--resolutions", "16", "--output-size", "64"]
+    args += ["--runtimes", "torch-fp32", "ort-fp32", "--batches", "1", "2", "--threads", "1"]
+    args += ["--warmup", "1", "--repeats", "2", "--rounds", "1", "--peak-shape", "2", "8", "16"]
+    args += ["--backbone-kwargs", '{"base_width": 4}', "--quiet", "--out", str(out)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "| elunet+plain | ort-fp32 | 16 → 64 | 2 |" in result.stdout
+    assert "Conv peak (PyTorch fp32, 2 x 8 -> 8 x 16 x 16, 3x3)" in result.stdout
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["settings"]["command"].startswith("upseg bench --methods elunet+plain")
+    assert len(saved["rows"]) == 2 * 2 * 2  # runtimes x modes x batches
+    assert (out / "bench-fig6.png").is_file()
+    bad = run_cli("bench", "--methods", "elunet", "--device", "tpu", "--out", str(out))
+    assert bad.returncode == 2 and "unknown device" in bad.stderr
