@@ -59,6 +59,18 @@ def test_mismatch_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_failed_export_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    def half_written(model, args, f, **kwargs) -> None:
+        Path(f).write_bytes(b"\x08\x01")  # the start of a file, then the exporter fails
+        raise RuntimeError("exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", half_written)
+    model = build("elunet", 1, 2, 16, 32, base_width=4)
+    with pytest.raises(RuntimeError, match="exporter failed"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_cli(tmp_path: Path) -> None:
     result = run_cli(
         "export",
