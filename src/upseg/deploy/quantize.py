@@ -82,9 +82,6 @@ class SliceCalibration:
         self._next += self.batch
         return {"image": np.stack([self.dataset[int(k)]["image"].numpy() for k in chosen])}
 
-    def rewind(self) -> None:
-        self._next = 0
-
     def patients(self) -> list[str]:
         """Patient ids of the calibration slices, in store order."""
         return _patients(self.dataset.store, self.indices)
