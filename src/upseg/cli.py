@@ -359,10 +359,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _int8_table(report: dict) -> str:
+    """fp32 against int8: foreground Dice, paper-style Jaccard, file size."""
+    fp32, int8, change = report["fp32"], report["int8"], report["change"]
+    lines = [f"{'':24}{'fp32':>10}{'int8':>10}{'change':>10}"]
+    for key, label in (
+        ("foreground_dice", "foreground Dice"),
+        ("paper_jaccard", "Jaccard (paper eq. 1)"),
+    ):
+        lines.append(f"{label:24}{fp32[key]:10.4f}{int8[key]:10.4f}{change[key]:+10.4f}")
+    ratio = int8["bytes"] / fp32["bytes"]
+    lines.append(
+        f"{'file size (KiB)':24}{fp32['bytes'] / 1024:10.1f}{int8['bytes'] / 1024:10.1f}"
+        f"{ratio:9.2f}x"
+    )
+    return "\n".join(lines)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from upseg.deploy.export import export_onnx
     from upseg.models import build
 
+    if args.int8:
+        return _export_int8(args)
     if args.run is not None:
         from upseg.train import load_run
 
@@ -380,11 +403,55 @@ def cmd_export(args: argparse.Namespace) -> int:
             head=head,
         )
     result = export_onnx(model, args.out, tolerance=args.tolerance)
+    _print_export(result)
+    return 0
+
+
+def _print_export(result: dict) -> None:
     print(
         f"wrote {result['path']}: image {result['input']} -> logits {result['output']} "
         f"(dynamic batch); checked against PyTorch at batch 1 and 3, max |diff| "
         f"{result['max_abs_diff']:.2e}"
     )
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    from upseg.deploy.quantize import Int8RefusedError, export_int8, int8_paths
+
+    if args.run is None:
+        args.parser.error("--int8 needs a trained RUN directory (its store calibrates and scores)")
+    try:
+        report = export_int8(
+            args.run,
+            args.out,
+            checkpoint=args.checkpoint,
+            tolerance=args.tolerance,
+            calibration_slices=args.calibration_slices,
+            max_dice_drop=args.max_dice_drop,
+            force=args.force_int8,
+            per_channel=not args.per_tensor,
+            progress=sys.stderr.isatty(),
+        )
+    except Int8RefusedError as refused:
+        _print_export(refused.report["export"])
+        print(_int8_table(refused.report))
+        raise
+    _print_export(report["export"])
+    print(_int8_table(report))
+    calibration, validation = report["calibration"], report["validation"]
+    size = report["output_size"]
+    print(
+        f"wrote {report['int8']['path']}: calibrated on {calibration['slices']} training "
+        f"slices ({_count(calibration['patients'], 'patient')}); scored on "
+        f"{validation['slices']} validation slices ({_count(validation['patients'], 'patient')})"
+        f" at {size} x {size}; report {int8_paths(args.out)[1]}"
+    )
+    if report["int8"]["forced"]:
+        print(
+            f"warning: foreground Dice fell by {-report['change']['foreground_dice']:.4f} > "
+            f"--max-dice-drop {report['max_dice_drop']:g}; written because of --force-int8",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -825,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export the eval-mode model (image at r -> logits at R) to ONNX with a "
         "dynamic batch size and check it with onnxruntime; nothing is written on a mismatch.",
         epilog="examples:\n  upseg export runs/head16 --out head16.onnx\n"
+        "  upseg export runs/head16 --out head16.onnx --int8   # + head16.int8.onnx/.json\n"
         "  upseg export --backbone elunet --head plain --input-size 16 --output-size 256 "
         "--out fresh.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -843,6 +911,36 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1e-4,
         help="largest allowed |ONNX - PyTorch| (default 1e-4)",
+    )
+    int8 = export.add_argument_group(
+        "int8",
+        "with --int8, --out holds the fp32 model and FILE.int8.onnx the int8 one (QDQ, "
+        "static, calibrated on the run's training patients); both are scored on the run's "
+        "validation patients at R and FILE.int8.json records the comparison",
+    )
+    int8.add_argument("--int8", action="store_true", help="also write a static int8 model")
+    int8.add_argument(
+        "--calibration-slices",
+        type=int,
+        default=64,
+        metavar="N",
+        help="training slices the quantiser calibrates on, spread evenly (default 64)",
+    )
+    int8.add_argument(
+        "--max-dice-drop",
+        type=float,
+        default=0.01,
+        metavar="D",
+        help="refuse the int8 model if its foreground Dice is more than D below fp32's "
+        "(default 0.01, one point)",
+    )
+    int8.add_argument(
+        "--force-int8", action="store_true", help="write the int8 model even past --max-dice-drop"
+    )
+    int8.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one scale per weight tensor instead of one per output channel",
     )
     export.set_defaults(func=cmd_export, parser=export)
 

@@ -45,24 +45,24 @@ def export_onnx(
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # the exporter narrates each step otherwise
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                tmp,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_shapes={"x": {0: batch}},
-                dynamo=True,
-                external_data=False,
-                opset_version=opset,
-                verbose=False,
-            )
-        finally:
-            exporter_log.setLevel(level)
-    try:
+    try:  # from here on, any failure (or Ctrl-C) removes the temporary file
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    tmp,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamic_shapes={"x": {0: batch}},
+                    dynamo=True,
+                    external_data=False,
+                    opset_version=opset,
+                    verbose=False,
+                )
+            finally:
+                exporter_log.setLevel(level)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         worst, generator = 0.0, torch.Generator().manual_seed(0)
         for b in (1, 3):

@@ -1,0 +1,279 @@
+"""Static int8 quantisation of a run's ONNX export, judged by its validation Dice at R.
+
+Files for `--out model.onnx`: model.onnx (fp32, from `export_onnx`), model.int8.onnx (QDQ:
+int8 weights, per output channel by default, and int8 activations) and model.int8.json (the
+report: fp32 against int8 on the validation split, the calibration slices).
+
+Calibration feeds the quantiser's MinMax calibrator inputs at r made exactly as in training
+(`run_dataset`, the store's per-r cache) from the run's TRAINING patients only, so that the
+validation patients that judge the int8 model never set its ranges. Both ONNX models are
+scored with `upseg.evaluate.score` (logits stretched bilinearly to R for a baseline,
+confusion matrix at R); an int8 model whose foreground Dice is more than `max_dice_drop`
+below the fp32 model's is not written unless forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from upseg.data import LowResPairs, SliceStore
+from upseg.deploy.export import export_onnx
+from upseg.errors import DataError, TrainingError
+from upseg.evaluate import score
+from upseg.io import write_json
+from upseg.report import run_dataset
+from upseg.train import TrainConfig, load_run, method_label
+
+CALIBRATION_BATCH = 8  # slices per calibration batch; MinMax ranges do not depend on it
+
+
+class Int8RefusedError(TrainingError):
+    """The int8 model lost more foreground Dice than allowed; `report` holds the numbers."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def int8_paths(out: str | Path) -> tuple[Path, Path]:
+    """(int8 model, JSON report) beside the fp32 file `out`: model.onnx -> model.int8.onnx,
+    model.int8.json."""
+    out = Path(out)
+    return out.with_suffix(".int8.onnx"), out.with_suffix(".int8.json")
+
+
+def calibration_positions(num_items: int, count: int) -> np.ndarray:
+    """`count` positions spread evenly over 0..num_items-1 (all of them if count >= num_items):
+    deterministic, and they reach every patient of a split stored patient by patient."""
+    if count < 1:
+        raise ValueError(f"--calibration-slices must be at least 1, got {count}")
+    if num_items < 1:
+        raise ValueError("there are no training slices to calibrate on")
+    if count >= num_items:
+        return np.arange(num_items)
+    return np.unique(np.linspace(0, num_items - 1, count).round().astype(np.int64))
+
+
+class SliceCalibration:
+    """onnxruntime CalibrationDataReader over chosen items of a LowResPairs dataset: yields
+    {"image": (b, C, r, r) float32} batches, then None."""
+
+    def __init__(
+        self, dataset: LowResPairs, positions: np.ndarray, batch: int = CALIBRATION_BATCH
+    ) -> None:
+        self.dataset = dataset
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self.batch = batch
+        self.indices = self.dataset.indices[self.positions]  # slice numbers in the store
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        chosen = self.positions[self._next : self._next + self.batch]
+        if len(chosen) == 0:
+            return None
+        self._next += self.batch
+        return {"image": np.stack([self.dataset[int(k)]["image"].numpy() for k in chosen])}
+
+    def patients(self) -> list[str]:
+        """Patient ids of the calibration slices, in store order."""
+        return _patients(self.dataset.store, self.indices)
+
+
+class OnnxModel(nn.Module):
+    """An onnxruntime session behind the nn.Module interface that `score` expects: (B, C, r, r)
+    -> logits as a float32 tensor."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        image = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {"image": image})[0])
+
+
+def _quantize(fp32: Path, out: Path, reader: SliceCalibration, per_channel: bool) -> None:
+    """fp32 ONNX -> QDQ int8 ONNX at `out`. The model is first prepared as onnxruntime
+    recommends (shape inference, constant folding, BatchNorm folded into the convolutions)."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    quant_log = logging.getLogger()  # the quantiser logs through the root logger
+    level = quant_log.level
+    quant_log.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="upseg-int8-") as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(fp32), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+    finally:
+        quant_log.setLevel(level)
+
+
+def _scores(summary: dict) -> dict[str, float]:
+    keys = ("foreground_dice", "foreground_jaccard", "paper_dice", "paper_jaccard")
+    return {key: float(summary[key]) for key in keys}
+
+
+def _patients(store: SliceStore, indices: np.ndarray) -> list[str]:
+    """Patient ids owning the store slices `indices`, in store order."""
+    ids = [p["id"] for p in store.manifest["patients"]]
+    return [ids[k] for k in sorted(set(store.slices[indices, 0].tolist()))]
+
+
+def quantize_export(
+    run: str | Path,
+    fp32: str | Path,
+    checkpoint: str = "last",
+    calibration_slices: int = 64,
+    max_dice_drop: float = 0.01,
+    force: bool = False,
+    per_channel: bool = True,
+    batch_size: int | None = None,
+    progress: bool = False,
+    export_record: dict | None = None,
+) -> dict:
+    """Quantise `fp32` (the ONNX export of `run`'s `checkpoint`) to int8 beside it, score
+    both on the run's validation split and write the report (see `int8_paths`).
+
+    Returns the report. Raises Int8RefusedError, without writing the int8 model (the
+    report is still written), when int8 foreground Dice is more than `max_dice_drop` (0.01
+    = one point) below fp32, or undefined, unless `force`.
+    """
+    import onnxruntime as ort
+
+    run, fp32 = Path(run), Path(fp32)
+    int8_path, report_path = int8_paths(fp32)
+    _, config, state = load_run(run, checkpoint)
+    store = _run_store(config)
+    train_data = run_dataset(config, store, "train")
+    val_data = run_dataset(config, store, "val")
+    positions = calibration_positions(len(train_data), calibration_slices)
+    reader = SliceCalibration(train_data, positions)
+    tmp = int8_path.with_name(f".{int8_path.name}.{os.getpid()}.tmp")
+    try:
+        _quantize(fp32, tmp, reader, per_channel)
+        batch = batch_size or config.batch_size
+        results = {}
+        for name, path in (("fp32", fp32), ("int8", tmp)):
+            results[name] = score(
+                OnnxModel(path), val_data, store.class_names, batch, progress=progress
+            )
+        before, after = _scores(results["fp32"]), _scores(results["int8"])
+        drop = before["foreground_dice"] - after["foreground_dice"]
+        accepted = drop <= max_dice_drop  # False for NaN: an undefined Dice cannot pass
+        report = {
+            "run": str(run),
+            "checkpoint": checkpoint,
+            "epoch": state["epoch"],
+            "method": method_label(config),
+            "input_size": config.input_size,
+            "output_size": store.size,
+            "onnxruntime": ort.__version__,
+            "fp32": {"path": str(fp32), "bytes": fp32.stat().st_size, **before},
+            "int8": {
+                "path": str(int8_path),
+                "bytes": tmp.stat().st_size,
+                **after,
+                "written": bool(accepted or force),
+                "forced": bool(force and not accepted),
+            },
+            "change": {key: after[key] - before[key] for key in before},
+            "max_dice_drop": max_dice_drop,
+            "quantization": {
+                "format": "QDQ",
+                "weights": "int8, per output channel" if per_channel else "int8, per tensor",
+                "activations": "int8, per tensor",
+                "calibration_method": "MinMax",
+            },
+            "calibration": {
+                "split": "train",
+                "slices": len(reader.indices),
+                "store_slices": reader.indices.tolist(),
+                "patients": reader.patients(),
+            },
+            "validation": {
+                "split": "val",
+                "slices": len(val_data),
+                "patients": _patients(store, val_data.indices),
+            },
+            "scores": results,
+        }
+        if export_record is not None:
+            report["export"] = export_record
+        if not accepted and not force:
+            reason = (
+                "foreground Dice is undefined on the validation split"
+                if math.isnan(drop)
+                else f"foreground Dice fell by {drop:.4f} > {max_dice_drop:g} "
+                f"({before['foreground_dice']:.4f} -> {after['foreground_dice']:.4f})"
+            )
+            report["int8"]["refused"] = reason
+            write_json(report_path, report)
+            raise Int8RefusedError(
+                f"{int8_path}: not written, int8 {reason}; see {report_path} "
+                "(--force-int8 writes it anyway)",
+                report,
+            )
+        os.replace(tmp, int8_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json(report_path, report)
+    return report
+
+
+def _run_store(config: TrainConfig) -> SliceStore:
+    if not (Path(config.store) / "manifest.json").is_file():
+        raise DataError(
+            config.store,
+            "int8 calibration and scoring need the slice store this run was trained on, "
+            "and it is not there",
+        )
+    return SliceStore(config.store)
+
+
+def export_int8(
+    run: str | Path,
+    out: str | Path,
+    checkpoint: str = "last",
+    tolerance: float = 1e-4,
+    calibration_slices: int = 64,
+    **options,
+) -> dict:
+    """Export `run` to `out` (fp32, checked against PyTorch), then `quantize_export` it
+    (`options`: its keyword arguments). The report gets "export": the fp32 export's record
+    (max |ONNX - PyTorch|, shapes)."""
+    model, config, _ = load_run(run, checkpoint)
+    calibration_positions(1, calibration_slices)  # bad settings fail before the export
+    _run_store(config)
+    exported = export_onnx(model, out, tolerance=tolerance)
+    return quantize_export(
+        run, out, checkpoint, calibration_slices, export_record=exported, **options
+    )

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.helpers import run_cli
+from upseg.data import PhantomReader, SliceStore, prepare
+from upseg.deploy.quantize import (
+    SliceCalibration,
+    calibration_positions,
+    int8_paths,
+    quantize_export,
+)
+from upseg.report import run_dataset
+from upseg.train import TrainConfig, load_run, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny run: phantom store at R = 64 (4 training, 1 validation patient), r = 16."""
+    root = tmp_path_factory.mktemp("int8")
+    store = prepare(
+        PhantomReader(size=64, num_patients=5, slices_per_patient=8),
+        root / "store",
+        progress=False,
+    )
+    config = TrainConfig(
+        store=str(store),
+        out=str(root / "run"),
+        backbone_kwargs={"base_width": 4},
+        input_size=16,
+        batch_size=4,
+        epochs=1,
+        max_steps_per_epoch=4,
+        lr=3e-3,
+    )
+    train(config, progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(run: Path, tmp_path_factory) -> tuple[Path, object]:
+    """`upseg export RUN --out m.onnx --int8` once for the tests that read its files."""
+    out = tmp_path_factory.mktemp("exported") / "m.onnx"
+    result = run_cli("export", str(run), "--out", str(out), "--int8", "--calibration-slices", "8")
+    return out, result
+
+
+def _store(run: Path) -> SliceStore:
+    return SliceStore(load_run(run, "last")[1].store)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_int8_model_is_written_runnable_and_close_to_fp32(run: Path, exported) -> None:
+    out, result = exported
+    assert result.returncode == 0, result.stderr
+    int8, report_path = int8_paths(out)
+    assert int8.name == "m.int8.onnx" and report_path.name == "m.int8.json"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.int8.json", "m.int8.onnx", "m.onnx"]
+    report = json.loads(report_path.read_text())
+
+    graph = onnx.load(str(int8)).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 20  # the convolutions' weights are stored as int8
+
+    store = _store(run)
+    images = np.asarray(
+        store.lowres_images(16)[report["calibration"]["store_slices"]], dtype=np.float32
+    )
+    expected = _session(out).run(None, {"image": images})[0]
+    got = _session(int8).run(None, {"image": images})[0]
+    assert got.shape == expected.shape == (8, 4, 64, 64)
+    spread = float(expected.max() - expected.min())
+    assert np.abs(got - expected).max() <= 0.1 * spread  # 8-bit activations: loose bound
+    assert not np.array_equal(got, expected)  # it really is a different (quantised) model
+
+    assert report["fp32"]["bytes"] == out.stat().st_size
+    assert report["int8"]["bytes"] == int8.stat().st_size < 0.6 * out.stat().st_size
+    for key in ("foreground_dice", "paper_jaccard"):
+        assert 0 <= report["fp32"][key] <= 1 and 0 <= report["int8"][key] <= 1
+        assert report["change"][key] == pytest.approx(report["int8"][key] - report["fp32"][key])
+    assert report["int8"]["written"] and not report["int8"]["forced"]
+    assert report["validation"] == {"split": "val", "slices": 8, "patients": ["phantom_0_002"]}
+    assert report["export"]["max_abs_diff"] < 1e-4
+    for label in ("foreground Dice", "Jaccard (paper eq. 1)", "file size (KiB)"):
+        assert label in result.stdout
+    assert f"wrote {int8}" in result.stdout
+
+
+def test_calibration_uses_only_training_patients(run: Path, exported) -> None:
+    report = json.loads(int8_paths(exported[0])[1].read_text())
+    store = _store(run)
+    train_ids, val_ids = store.patient_ids("train"), store.patient_ids("val")
+    calibration = report["calibration"]
+    assert calibration["split"] == "train" and calibration["slices"] == 8
+    assert calibration["patients"] == train_ids  # 8 slices spread over all 4
+    owners = {
+        store.manifest["patients"][k]["id"] for k in store.slices[calibration["store_slices"], 0]
+    }
+    assert owners == set(train_ids) and not owners & set(val_ids)
+
+    # what the reader feeds the calibrator: the training inputs at r, as in training
+    config = load_run(run, "last")[1]
+    dataset = run_dataset(config, store, "train")
+    reader = SliceCalibration(dataset, calibration_positions(len(dataset), 8), batch=3)
+    fed = []
+    while (batch := reader.get_next()) is not None:
+        fed.append(batch["image"])
+    assert [len(b) for b in fed] == [3, 3, 2]
+    cache = store.lowres_images(16)
+    np.testing.assert_array_equal(np.concatenate(fed), cache[calibration["store_slices"]])
+    assert reader.patients() == train_ids
+
+
+def test_calibration_positions_are_deterministic_and_spread() -> None:
+    positions = calibration_positions(32, 8)
+    np.testing.assert_array_equal(positions, calibration_positions(32, 8))
+    assert positions[0] == 0 and positions[-1] == 31 and len(np.unique(positions)) == 8
+    np.testing.assert_array_equal(calibration_positions(5, 64), np.arange(5))
+    with pytest.raises(ValueError, match="at least 1"):
+        calibration_positions(32, 0)
+
+
+def test_refused_int8_writes_no_model(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = run_cli(
+        "export", str(run), "--out", str(out), "--int8", "--calibration-slices", "4",
+        "--max-dice-drop", "-1",
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not written" in lines[0]
+    assert "--force-int8" in lines[0]
+    assert "foreground Dice" in result.stdout  # the table is still printed
+    # the fp32 model (checked against PyTorch) and the report stay; no int8 model, no temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.json", "m.onnx"]
+    report = json.loads((tmp_path / "m.int8.json").read_text())
+    assert not report["int8"]["written"] and "fell by" in report["int8"]["refused"]
+
+
+def test_force_writes_int8_past_the_threshold(run: Path, exported, tmp_path: Path) -> None:
+    fp32 = tmp_path / "m.onnx"
+    shutil.copy(exported[0], fp32)
+    report = quantize_export(run, fp32, calibration_slices=4, max_dice_drop=-1.0, force=True)
+    assert report["int8"]["written"] and report["int8"]["forced"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.json", "m.int8.onnx", "m.onnx"]
+    out = _session(tmp_path / "m.int8.onnx").run(None, {"image": np.zeros((2, 4, 16, 16), "f4")})
+    assert out[0].shape == (2, 4, 64, 64)
+
+
+def test_int8_usage_errors(run: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "m.onnx")
+    fresh = run_cli("export", "--backbone", "elunet", "--input-size", "16", "--out", out, "--int8")
+    assert fresh.returncode == 2 and "--int8 needs a trained RUN" in fresh.stderr
+    zero = run_cli("export", str(run), "--out", out, "--int8", "--calibration-slices", "0")
+    assert zero.returncode == 2 and "--calibration-slices must be at least 1" in zero.stderr
+    # a run whose store has gone: one line naming the store, before anything is exported
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    state = torch.load(moved / "checkpoints" / "last.pt", weights_only=True)
+    state["config"]["store"] = str(tmp_path / "gone")
+    torch.save(state, moved / "checkpoints" / "last.pt")
+    gone = run_cli("export", str(moved), "--out", out, "--int8")
+    assert gone.returncode == 1 and str(tmp_path / "gone") in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]
