@@ -940,7 +940,8 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument(
         "--per-tensor",
         action="store_true",
-        help="one scale per weight tensor instead of one per output channel",
+        help="8-bit weights with one scale per tensor instead of 7-bit weights with one "
+        "scale per output channel",
     )
     export.set_defaults(func=cmd_export, parser=export)
 

@@ -1,8 +1,9 @@
 """Static int8 quantisation of a run's ONNX export, judged by its validation Dice at R.
 
 Files for `--out model.onnx`: model.onnx (fp32, from `export_onnx`), model.int8.onnx (QDQ:
-int8 weights, per output channel by default, and int8 activations) and model.int8.json (the
-report: fp32 against int8 on the validation split, the calibration slices).
+int8 weights, by default per output channel in a 7-bit range, and int8 activations) and
+model.int8.json (the report: fp32 against int8 on the validation split, the calibration
+slices).
 
 Calibration feeds the quantiser's MinMax calibrator inputs at r made exactly as in training
 (`run_dataset`, the store's per-r cache) from the run's TRAINING patients only, so that the
@@ -105,9 +106,23 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(None, {"image": image})[0])
 
 
-def _quantize(fp32: Path, out: Path, reader: SliceCalibration, per_channel: bool) -> None:
-    """fp32 ONNX -> QDQ int8 ONNX at `out`. The model is first prepared as onnxruntime
-    recommends (shape inference, constant folding, BatchNorm folded into the convolutions)."""
+def quantize_onnx(
+    fp32: str | Path,
+    out: str | Path,
+    reader: SliceCalibration,
+    per_channel: bool = True,
+    reduce_range: bool | None = None,
+) -> None:
+    """fp32 ONNX -> QDQ int8 ONNX at `out` (written in place: callers write a temporary name
+    and rename it). The model is first prepared as onnxruntime recommends (shape inference,
+    constant folding, BatchNorm folded into the convolutions).
+
+    Per-channel weights are kept to 7 bits (onnxruntime's reduce_range): x86 CPUs without
+    VNNI (AVX2 only) add pairs of uint8 x int8 products in int16, which saturates when the
+    weights span the whole int8 range, as every channel does with per-channel scales; on
+    such a CPU 8-bit per-channel weights were further from fp32 than per-tensor ones (see
+    docs/benchmarks.md). Per-tensor weights keep all 8 bits. `reduce_range` overrides this
+    (None: 7 bits exactly when per channel)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -129,6 +144,7 @@ def _quantize(fp32: Path, out: Path, reader: SliceCalibration, per_channel: bool
                 reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
+                reduce_range=per_channel if reduce_range is None else reduce_range,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
@@ -179,7 +195,7 @@ def quantize_export(
     reader = SliceCalibration(train_data, positions)
     tmp = int8_path.with_name(f".{int8_path.name}.{os.getpid()}.tmp")
     try:
-        _quantize(fp32, tmp, reader, per_channel)
+        quantize_onnx(fp32, tmp, reader, per_channel)
         batch = batch_size or config.batch_size
         results = {}
         for name, path in (("fp32", fp32), ("int8", tmp)):
@@ -209,8 +225,10 @@ def quantize_export(
             "max_dice_drop": max_dice_drop,
             "quantization": {
                 "format": "QDQ",
-                "weights": "int8, per output channel" if per_channel else "int8, per tensor",
-                "activations": "int8, per tensor",
+                "weights": "int8 per output channel, 7-bit range"
+                if per_channel
+                else "int8 per tensor",
+                "activations": "int8 per tensor",
                 "calibration_method": "MinMax",
             },
             "calibration": {
