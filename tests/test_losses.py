@@ -290,3 +290,11 @@ def test_an_output_changed_in_place_is_scored_as_it_is_now() -> None:
     torch.testing.assert_close(
         loss.double(), reference_multiscale(outputs, mask, 3, "nearest", "equal")
     )
+
+
+def test_softmax_cross_entropy_with_more_classes_than_uint8_labels_can_name() -> None:
+    logits = torch.randn(2, 300, 3, 3, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(0, 256, (2, 3, 3), dtype=torch.uint8)
+    torch.testing.assert_close(
+        softmax_cross_entropy(logits, labels), F.cross_entropy(logits, labels.long())
+    )

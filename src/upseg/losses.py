@@ -253,8 +253,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         if target.is_floating_point():
             dense.copy_(target)
         else:
-            classes = torch.arange(view.shape[1], device=target.device, dtype=target.dtype)
-            torch.eq(target.unsqueeze(1), classes.view(-1, *[1] * (target.dim() - 1)), out=dense)
+            one_hot(target, view.shape[1], out=dense)
         picked = torch.dot(_flat(shifted), _flat(dense))
         exps = shifted.exp_()
         sums = exps.sum(1, keepdim=True)
