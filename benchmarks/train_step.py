@@ -6,6 +6,12 @@ Runs are interleaved and repeated; the median step time of each is reported.
 
 usage: python benchmarks/train_step.py [--batch 32] [--steps 8] [--repeats 3] [--bf16]
        [--channels-last] [--no-malloc-setting] [--layerwise] [--heads plain skip]
+       [--threads N] [--clock wall|cpu] [--profile]
+
+--clock cpu times the process's CPU time instead of the wall clock: with one thread on a
+machine shared with other work it still counts only this process's own work.
+--profile prints, per variant, the operators that take the most CPU time over --steps steps
+(torch.profiler, self time per step) instead of the timing table.
 """
 
 from __future__ import annotations
@@ -53,11 +59,26 @@ def make_step(
     return step
 
 
-def timed(step, steps: int) -> float:
-    start = time.perf_counter()
+def timed(step, steps: int, clock=time.perf_counter) -> float:
+    start = clock()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - start) / steps
+    return (clock() - start) / steps
+
+
+def print_profile(title: str, step, args: argparse.Namespace, rows: int = 12) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        timed(step, args.steps)
+    total = sum(e.self_cpu_time_total for e in prof.key_averages()) / args.steps / 1000
+    print(f"\n{title}: {total:.0f} ms per step (self CPU time under the profiler)")
+    events = sorted(
+        prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total
+    )
+    for event in events[:rows]:
+        ms = event.self_cpu_time_total / args.steps / 1000
+        print(f"  {ms:7.1f} ms  {event.key:30s} {str(event.input_shapes)[:70]}")
 
 
 def main() -> None:
@@ -68,6 +89,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--heads", nargs="+", default=["plain", "skip"])
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--no-malloc-setting", action="store_true")
     parser.add_argument(
@@ -76,14 +100,18 @@ def main() -> None:
         help="run head stages as ConvTranspose2d then Conv2d (reference form)",
     )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     applied = False if args.no_malloc_setting else keep_freed_memory()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"bf16 {args.bf16}, channels_last {args.channels_last}, malloc setting {applied}, "
-        f"head stages {'layerwise' if args.layerwise else 'composed'}"
+        f"head stages {'layerwise' if args.layerwise else 'composed'}, {args.clock} clock"
     )
-    print("| input | method | step ms (median) | images/s | ratio to baseline |")
-    print("|---|---|---|---|---|")
+    if not args.profile:
+        print("| input | method | step ms (median) | images/s | ratio to baseline |")
+        print("|---|---|---|---|---|")
     for r in args.sizes:
         variants = {"baseline": None, **{f"+{h}": h for h in args.heads}}
         steps = {
@@ -92,10 +120,14 @@ def main() -> None:
         }
         for step in steps.values():
             timed(step, 2)  # warm-up
+        if args.profile:
+            for name, step in steps.items():
+                print_profile(f"input {r}, elunet{'' if name == 'baseline' else name}", step, args)
+            continue
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.repeats):
             for name, step in steps.items():
-                times[name].append(timed(step, args.steps))
+                times[name].append(timed(step, args.steps, clock))
         base = statistics.median(times["baseline"])
         for name in steps:
             t = statistics.median(times[name])

@@ -12,14 +12,23 @@ A baseline passes its single output at r and is scored against the mask resized 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from upseg.resize import downsample_labels, one_hot
+from upseg.subpixel import (
+    attached_windows,
+    unshuffle_dense,
+    unshuffle_labels,
+    window_grad_buffer,
+    window_view,
+)
 
 BASE_LOSSES = ("ce", "bce", "dice", "dice_ce")
 TARGET_RESIZES = ("nearest", "soft")
@@ -89,7 +98,6 @@ class MultiScaleLoss(nn.Module):
     def forward(self, outputs: Tensor | Sequence[Tensor], mask: Tensor) -> Tensor:
         outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
         factors = self._check(outputs, mask)
-        mask = mask.long()
         targets = self._targets(mask, factors)
         total = outputs[0].new_zeros(())
         for weight, output, target in zip(
@@ -140,8 +148,9 @@ class MultiScaleLoss(nn.Module):
     def _targets(self, mask: Tensor, factors: list[int]) -> list[Tensor]:
         """Per stage: int labels (B, s, s) for 'nearest', class fractions (B, K, s, s) for 'soft'.
 
-        The full-resolution stage always gets the int labels. Soft targets are built as a
-        pyramid, each from the previous one, so the one-hot mask is read once.
+        Labels stay in the mask's integer type (strided views for 'nearest'); the full-resolution
+        stage always gets the int labels. Soft targets are built as a pyramid, each from the
+        previous one, so the one-hot mask is read once.
         """
         targets: dict[int, Tensor] = {}
         if self.target_resize == "nearest":
@@ -162,13 +171,21 @@ class MultiScaleLoss(nn.Module):
         return [targets[f] for f in factors]
 
     def _dense(self, labels: Tensor, dtype: torch.dtype) -> Tensor:
-        """(B, H, W) labels -> (B, K, H, W) one-hot (K = Nc), or the 0/1 map for one channel."""
+        """(B, *pixels) labels -> (B, K, *pixels) one-hot (K = Nc), or the 0/1 map for one
+        channel."""
         if self.binary:
             return labels.unsqueeze(1).to(dtype)
         return one_hot(labels, self.num_classes, dtype)
 
     def _stage_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        soft = target.dim() == 4
+        """output (B, K, s, s); target: int labels (B, s, s) or class fractions (B, K, s, s)."""
+        windows = attached_windows(output) if self.base == "ce" and not self.binary else None
+        if windows is not None:
+            # Cross entropy is a mean over pixels: score the head stage's window tensor, whose
+            # view holds the same logits, against the target viewed the same way.
+            unshuffle = unshuffle_dense if target.is_floating_point() else unshuffle_labels
+            return softmax_cross_entropy(windows, unshuffle(target), windowed=True)
+        soft = target.is_floating_point()
         loss = output.new_zeros(())
         if self.base in ("dice", "dice_ce"):
             probs = torch.sigmoid(output) if self.binary else torch.softmax(output, dim=1)
@@ -178,8 +195,86 @@ class MultiScaleLoss(nn.Module):
             if self.binary:
                 dense = target if soft else self._dense(target, output.dtype)
                 loss = loss + F.binary_cross_entropy_with_logits(output, dense)
-            elif soft:
-                loss = loss - (target * F.log_softmax(output, dim=1)).sum(1).mean()
             else:
-                loss = loss + F.cross_entropy(output, target)
+                loss = loss + softmax_cross_entropy(output, target)
         return loss
+
+
+def softmax_cross_entropy(logits: Tensor, target: Tensor, windowed: bool = False) -> Tensor:
+    """Mean over the batch and pixels of -sum_c p_c log softmax(logits)_c.
+
+    logits (B, K, *pixels); target: int labels (B, *pixels) (p one-hot; then this equals
+    F.cross_entropy) or class probabilities p (B, K, *pixels) that sum to 1 at every pixel.
+    windowed: logits is a window tensor (B, 4 K, h + 1, w + 1) standing for its window view
+    (B, K, 2, 2, h, w) (upseg.subpixel), and target is laid out like that view; the gradient
+    comes back in the window tensor's layout.
+
+    For float32/float64 it runs as one autograd function that keeps exp(logits - max) from
+    the forward pass, so the backward pass is (softmax - p) / pixels in two passes over the
+    logits instead of the log-softmax and NLL backward kernels.
+    """
+    if logits.dtype in (torch.float32, torch.float64):
+        return _SoftmaxCrossEntropy.apply(logits, target, windowed)
+    view = window_view(logits) if windowed else logits
+    if not target.is_floating_point():
+        return F.cross_entropy(view, target.long())
+    return -(target * F.log_softmax(view, dim=1)).sum(1).mean()
+
+
+def _sum_of_logs(sums: Tensor, classes: int) -> Tensor:
+    """sum(log(sums)) for sums in [1, classes] (each S has its max term exp(0) = 1): the log of
+    products of groups of g values, g as large as keeps classes^g far from overflow, which
+    takes g times fewer logs, the costly part."""
+    group = 1
+    while group < 64 and (2 * group) * math.log2(max(classes, 2)) <= 100:
+        group *= 2
+    if sums.numel() % group:
+        return sums.log().sum()
+    return sums.reshape(-1, group).prod(1).log().sum()
+
+
+def _flat(tensor: Tensor) -> Tensor:
+    """All elements as a 1-D tensor in memory order: a view when the tensor is dense."""
+    order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
+    return tensor.permute(order).reshape(-1)
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """With m = max_c x_c and S = sum_c exp(x_c - m) per pixel, and sum_c p_c = 1:
+    loss = (sum over pixels of log S - <x - m, p>) / pixels,
+    d loss / d x = (exp(x - m) / S - p) / pixels.
+    Every big temporary follows the memory order of the logits (or their window view)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, windowed: bool) -> Tensor:  # type: ignore[override]
+        view = window_view(logits) if windowed else logits
+        shifted = view - view.amax(1, keepdim=True)  # dense, in the view's memory order
+        dense = torch.empty_like(shifted)  # p, in the same memory order
+        if target.is_floating_point():
+            dense.copy_(target)
+        else:
+            one_hot(target, view.shape[1], out=dense)
+        picked = torch.dot(_flat(shifted), _flat(dense))
+        exps = shifted.exp_()
+        sums = exps.sum(1, keepdim=True)
+        pixels = sums.numel()
+        ctx.save_for_backward(exps, sums, dense)
+        ctx.pixels = pixels
+        ctx.geometry = (
+            (logits.shape, logits.stride(), logits.dtype, logits.device) if windowed else None
+        )
+        return (_sum_of_logs(sums, view.shape[1]) - picked) / pixels
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        exps, sums, dense = ctx.saved_tensors
+        scale = grad / ctx.pixels
+        if ctx.geometry is None:
+            grad_logits = torch.mul(exps, scale / sums)
+            grad_view = grad_logits
+        else:
+            grad_logits, grad_view = window_grad_buffer(*ctx.geometry)
+            torch.mul(exps, scale / sums, out=grad_view)
+        grad_view.addcmul_(dense, scale, value=-1.0)
+        return grad_logits, None, None

@@ -52,6 +52,18 @@ def stretch_logits(logits: Tensor, size: int) -> Tensor:
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, H, W) labels -> (B, Nc, H, W)."""
-    return F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(dtype)
+def one_hot(
+    labels: Tensor,
+    num_classes: int,
+    dtype: torch.dtype = torch.float32,
+    out: Tensor | None = None,
+) -> Tensor:
+    """(B, *pixels) integer labels -> (B, Nc, *pixels); a label outside 0..Nc-1 gives zeros.
+    `out`, if given, receives the result (any memory layout)."""
+    if labels.dtype == torch.bool or num_classes - 1 > torch.iinfo(labels.dtype).max:
+        labels = labels.long()
+    shape = (1, num_classes) + (1,) * (labels.dim() - 1)
+    classes = torch.arange(num_classes, dtype=labels.dtype, device=labels.device).view(shape)
+    if out is None:
+        out = labels.new_empty((labels.shape[0], num_classes, *labels.shape[1:]), dtype=dtype)
+    return torch.eq(labels.unsqueeze(1), classes, out=out)

@@ -9,6 +9,7 @@ from upseg.models import (
     skip_head_num_params,
 )
 from upseg.profile import count_parameters
+from upseg.subpixel import attached_windows, window_shuffle, window_view
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])
@@ -94,3 +95,48 @@ def test_composed_stage_equals_the_two_layers(in_channels, num_classes, size) ->
     reference_grads = torch.autograd.grad(reference, [x, *stage.parameters()], grad)
     for a, b in zip(fast_grads, reference_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_channels", [4, 8])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 5)])
+def test_composed_stage_in_eval_mode_equals_the_two_layers(in_channels, size) -> None:
+    stage = UpscalingStage(in_channels, 4).eval()
+    for p in stage.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.randn(2, in_channels, *size)
+    with torch.no_grad():
+        fast, reference = stage(x), stage.layerwise_forward(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    assert attached_windows(fast) is None
+    torch.testing.assert_close(stage(x), reference, rtol=1e-5, atol=1e-5)  # eval, grad on
+
+
+def test_window_view_and_shuffle_follow_the_documented_layout() -> None:
+    windows = torch.randn(2, 8, 4, 5)  # Nc = 2, h = 3, w = 4
+    output = window_shuffle(windows, fast=False)
+    for c, a, b, i, j in [(0, 0, 0, 0, 0), (1, 1, 0, 2, 3), (0, 1, 1, 1, 2), (1, 0, 1, 2, 0)]:
+        expected = windows[:, 4 * c + 2 * a + b, i + a, j + b]
+        torch.testing.assert_close(output[:, c, 2 * i + a, 2 * j + b], expected)
+        torch.testing.assert_close(window_view(windows)[:, c, a, b, i, j], expected)
+    torch.testing.assert_close(window_shuffle(windows.requires_grad_(), fast=True), output)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_window_shuffle_backward_puts_zeros_outside_the_windows(channels_last) -> None:
+    windows = torch.randn(2, 8, 4, 5)
+    if channels_last:
+        windows = windows.contiguous(memory_format=torch.channels_last)
+    windows.requires_grad_()
+    grad = torch.randn(2, 2, 6, 8)
+    (fast,) = torch.autograd.grad(window_shuffle(windows, fast=True), windows, grad)
+    (slow,) = torch.autograd.grad(window_shuffle(windows, fast=False), windows, grad)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+
+
+def test_training_outputs_carry_their_window_tensors() -> None:
+    head = UpscalingHead(3, 2).train()
+    outputs = head(torch.randn(1, 3, 4, 4))
+    assert attached_windows(outputs[0]) is None  # the backbone's logits
+    assert all(attached_windows(o) is not None for o in outputs[1:])
+    with torch.no_grad():
+        assert all(attached_windows(o) is None for o in head(torch.randn(1, 3, 4, 4)))

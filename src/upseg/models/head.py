@@ -20,33 +20,79 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from upseg.subpixel import attach_windows, window_shuffle
 
 HeadInit = Literal["default", "upsample"]
 HEAD_INITS: tuple[str, ...] = ("default", "upsample")
 
 
 def _tap_selection() -> Tensor:
-    """S[a, d, u, k] = 1 where output sub-pixel a (0, 1) under 3x3-conv tap d (offset d - 1)
-    reads the transposed conv's tap k (0, 1) of the input pixel at offset u - 1."""
-    selection = torch.zeros(2, 3, 3, 2)
+    """S[a, d, e, k] = 1 where output sub-pixel a (0, 1) under 3x3-conv tap d (offset d - 1)
+    reads the transposed conv's tap k (0, 1) of the input pixel at offset a + e - 1: every
+    sub-pixel depends on a 2 x 2 block of input pixels only (e = 0, 1)."""
+    selection = torch.zeros(2, 3, 2, 2)
     for a in range(2):
         for d in range(3):
             position = a + d - 1
-            selection[a, d, position // 2 + 1, position % 2] = 1.0
+            selection[a, d, position // 2 + 1 - a, position % 2] = 1.0
     return selection
 
 
 _TAPS = _tap_selection()
+# The 3x3 taps (x, y) of the conv against (a, b, e, f, k, l): sub-pixel (a, b), window tap
+# (e, f), transposed-conv tap (k, l); one matrix product then composes the two layers.
+_TAP_PAIRS = torch.einsum("axek,byfl->xyabefkl", _TAPS, _TAPS).reshape(9, 64)
+# Which taps e of a 2 x 2 window read the input rather than the zero padding, for the first
+# window row (or column), the inner ones and the last: tap e of row i reads input row i + e - 1.
+_EDGE_TAPS = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+
+
+class _AddBorder(torch.autograd.Function):
+    """windows (B, C, H, W) in place: += rows (C, 2, W) on rows 0 and H - 1, += cols (C, 2)
+    on columns 0 and W - 1 of the rows between."""
+
+    @staticmethod
+    def forward(ctx, windows: Tensor, rows: Tensor, cols: Tensor) -> Tensor:  # type: ignore[override]
+        _add_border(windows, rows, cols)
+        ctx.mark_dirty(windows)
+        return windows
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        height, width = grad.shape[2] - 1, grad.shape[3] - 1
+        grad_rows = grad[:, :, ::height, :].sum(0)
+        grad_cols = grad[:, :, 1:height, ::width].sum((0, 2))
+        return grad, grad_rows, grad_cols
+
+
+def _add_border(windows: Tensor, rows: Tensor, cols: Tensor) -> None:
+    height, width = windows.shape[2] - 1, windows.shape[3] - 1
+    windows[:, :, ::height, :] += rows
+    windows[:, :, 1:height, ::width] += cols[:, None, :]
+
+
+def add_border(windows: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """windows (B, C, H, W) plus rows (C, 2, W) on its first and last row and cols (C, 2) on
+    the first and last column in between; in place (an autograd function when needed)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (windows, rows, cols)):
+        return _AddBorder.apply(windows, rows, cols)
+    _add_border(windows, rows, cols)
+    return windows
 
 
 class UpscalingStage(nn.Sequential):
     """ConvTranspose2d(Cin, Nc, 2, stride 2) -> Conv2d(Nc, Nc, 3, padding 1); doubles H and W.
 
-    The forward pass computes the same linear map in one step at the input resolution: a
-    3x3 conv from Cin to 4 Nc channels (weights composed from the two layers) followed by
-    pixel_shuffle(2). It moves less data than the two-layer form (no 4-channel tensor at 2x
-    the size between the layers), which makes training steps with the head cheaper (see
-    docs/benchmarks.md); parameters and state_dict are unchanged.
+    The forward pass computes the same linear map at the input resolution: each output
+    sub-pixel is a 2 x 2 conv of the input (weights composed from the two layers), so one
+    Conv2d(Cin, 4 Nc, 2, padding 1) gives all four in a window tensor (upseg.subpixel), which one
+    strided copy turns into the output. It moves less data than the two-layer form and does
+    fewer multiply-adds, which makes training steps with the head cheaper (see
+    docs/benchmarks.md); parameters and state_dict are unchanged. In training the output
+    carries the window tensor, which MultiScaleLoss scores directly.
     """
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
@@ -57,36 +103,48 @@ class UpscalingStage(nn.Sequential):
         self.composed = True  # False: run the two layers one after the other
 
     def composed_weights(self) -> tuple[Tensor, Tensor]:
-        """(4 Nc, Cin, 3, 3) weight applied to the input, (4 Nc, 1, 3, 3) weight applied to
+        """(4 Nc, Cin, 2, 2) weight applied to the input, (4 Nc, 1, 2, 2) weight applied to
         a map of ones (the transposed conv's bias); output channel 4 c + 2 a + b is class c
-        at sub-pixel (a, b), the order pixel_shuffle expects."""
+        at sub-pixel (a, b), its window starting at row a, column b (upseg.subpixel)."""
         transposed, conv = self[0], self[1]
-        taps = _TAPS.to(conv.weight)
-        out_channels = 4 * conv.out_channels
-        weight = torch.einsum(
-            "omxy,axuk,byvl,cmkl->oabcuv", conv.weight, taps, taps, transposed.weight
+        classes, in_channels = conv.out_channels, transposed.in_channels
+        # (o, m, a, b, e, f, k, l): conv weight o <- m routed through the tap selections
+        routed = (conv.weight.reshape(classes * classes, 9) @ _TAP_PAIRS.to(conv.weight)).view(
+            classes, classes, 16, 4
         )
-        bias_taps = transposed.bias[:, None, None].expand(-1, 2, 2)
-        bias_weight = torch.einsum("omxy,axuk,byvl,mkl->oabuv", conv.weight, taps, taps, bias_taps)
-        return (
-            weight.reshape(out_channels, transposed.in_channels, 3, 3),
-            bias_weight.reshape(out_channels, 1, 3, 3),
+        routed = routed.permute(0, 2, 1, 3).reshape(16 * classes, 4 * classes)
+        # transposed conv weight (c, m, k, l) and its bias as one more input channel
+        sources = torch.cat(
+            [
+                transposed.weight.reshape(in_channels, 4 * classes),
+                transposed.bias.repeat_interleave(4)[None],
+            ]
         )
+        composed = (routed @ sources.T).view(classes, 2, 2, 2, 2, in_channels + 1)
+        composed = composed.permute(0, 1, 2, 5, 3, 4).reshape(4 * classes, in_channels + 1, 2, 2)
+        return composed[:, :in_channels].contiguous(), composed[:, in_channels:]
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.composed:
             return self.layerwise_forward(x)
         weight, bias_weight = self.composed_weights()
-        # A ones channel carries the transposed conv's bias; the zero padding then removes it
-        # exactly where the 3x3 conv pads. Cheaper than adding a bias map at 4x the size.
-        ones = x.new_ones(1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
-        out = F.conv2d(
-            torch.cat([x, ones], dim=1),
-            torch.cat([weight, bias_weight], dim=1),
-            self[1].bias.repeat_interleave(4),
-            padding=1,
-        )
-        return F.pixel_shuffle(out, 2)
+        # The transposed conv's bias reaches the output as bias_weight applied to a map of
+        # ones with zero padding: a constant inside, other values on the border rows and
+        # columns. The constant joins the conv's bias and the border is added on its own,
+        # which costs far less than a ones input channel (or a bias map at the output size).
+        edges = _EDGE_TAPS.to(bias_weight)
+        levels = edges @ bias_weight[:, 0] @ edges.T  # (4 Nc, 3, 3): first / inner / last
+        inner = levels[:, 1, 1]
+        levels = levels - inner[:, None, None]
+        width = x.shape[3]
+        col_kind = torch.tensor([0] + [1] * (width - 1) + [2], device=x.device)
+        windows = F.conv2d(x, weight, self[1].bias.repeat_interleave(4) + inner, padding=1)
+        windows = add_border(windows, levels[:, 0::2][:, :, col_kind], levels[:, 1, 0::2])
+        fast = self.training and torch.is_grad_enabled()
+        output = window_shuffle(windows, fast)
+        if fast:
+            attach_windows(output, windows)  # MultiScaleLoss skips the shuffle's backward
+        return output
 
     def layerwise_forward(self, x: Tensor) -> Tensor:
         """The two layers one after the other; the reference the composed form must equal."""
