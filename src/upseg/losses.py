@@ -8,6 +8,8 @@ resized to s_i, where R / s_i is an integer:
 Stage weights: 'equal' (the paper's plain sum) or 'halving' (w = 1/2^j for the j-th stage
 counted from the finest, normalised to sum 1, as nnU-Net's deep supervision).
 A baseline passes its single output at r and is scored against the mask resized to r.
+With 'ce', a head output that carries its window tensor (upseg.subpixel) is scored through
+that tensor: the same per-pixel terms, without the shuffle in the backward pass.
 """
 
 from __future__ import annotations
