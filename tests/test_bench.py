@@ -13,15 +13,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.helpers import run_cli
-from upseg.data import PhantomReader, prepare
+from tests.helpers import run_cli, tiny_phantom_run
 from upseg.deploy import bench
 from upseg.deploy.bench_report import bench_table, write_bench
 from upseg.deploy.export import export_onnx
 from upseg.deploy.labels import add_label_output
 from upseg.models import build
 from upseg.resize import stretch_logits
-from upseg.train import TrainConfig, train
 
 TINY = {
     "output_size": 64,
@@ -165,20 +163,7 @@ def test_cli_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_a_run_directory_is_timed_at_its_own_sizes(tmp_path: Path) -> None:
-    store = prepare(
-        PhantomReader(size=64, num_patients=4, slices_per_patient=4), tmp_path / "s", progress=False
-    )
-    run = tmp_path / "head16"
-    config = TrainConfig(
-        store=str(store),
-        out=str(run),
-        input_size=16,
-        batch_size=4,
-        epochs=1,
-        max_steps_per_epoch=1,
-        backbone_kwargs={"base_width": 4},
-    )
-    train(config, progress=False)
+    run = tiny_phantom_run(tmp_path, "head16")
     settings = {**TINY, "output_size": 256, "in_channels": 1, "num_classes": 1}
     result = bench.run_bench(
         [run], resolutions=[32], runtimes=["torch-fp32"], batches=[1], **settings

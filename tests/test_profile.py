@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.helpers import run_cli
-from upseg.data import PhantomReader, SliceStore, prepare
+from tests.helpers import run_cli, tiny_phantom_run
+from upseg.data import SliceStore
 from upseg.models import build, plain_head_num_params
 from upseg.profile import (
     activation_mb,
@@ -16,7 +16,6 @@ from upseg.profile import (
     peak_inference_mb,
     profile_row,
 )
-from upseg.train import TrainConfig, train
 
 
 def test_conv_macs_by_hand() -> None:
@@ -96,24 +95,11 @@ def test_profile_cli_table_iv_columns(tmp_path: Path) -> None:
 
 
 def test_profile_of_a_run_directory(tmp_path: Path) -> None:
-    store = prepare(
-        PhantomReader(size=64, num_patients=4, slices_per_patient=4), tmp_path / "s", progress=False
-    )
-    run = tmp_path / "run"
-    config = TrainConfig(
-        store=str(store),
-        out=str(run),
-        input_size=16,
-        batch_size=4,
-        epochs=1,
-        max_steps_per_epoch=1,
-        backbone_kwargs={"base_width": 4},
-    )
-    train(config, progress=False)
+    run = tiny_phantom_run(tmp_path, "run")
     result = run_cli("profile", str(run), "--csv", str(tmp_path / "cost.csv"))
     assert result.returncode == 0, result.stderr
     [row] = list(csv.DictReader((tmp_path / "cost.csv").open()))
-    classes = len(SliceStore(store).class_names)
+    classes = len(SliceStore(tmp_path / "s").class_names)
     assert (row["method"], row["input"], row["output"], row["run"]) == (
         "elunet+plain",
         "16",

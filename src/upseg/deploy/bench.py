@@ -41,6 +41,7 @@ import platform
 import statistics
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,18 +88,18 @@ class BenchContext:
 Runner = Callable[[], object]
 
 
-class Runtime:
-    """How one runtime runs a model. Subclasses implement `unavailable` and `prepare`."""
+class Runtime(ABC):
+    """How one runtime runs a model."""
 
     name = ""
 
+    @abstractmethod
     def unavailable(self, device: str) -> str | None:
         """None when this runtime can run on `device`, else the reason it cannot."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
         """A call that runs one batch of `batch` images in `mode` (inputs made once here)."""
-        raise NotImplementedError
 
 
 def cpu_bf16_support() -> tuple[bool, str]:
