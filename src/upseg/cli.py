@@ -873,8 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="runs trained at once, each in its own process (a GPU left idle by one small "
-        "run trains several faster); default 1",
+        help="runs trained at once, each in its own process (several small runs can "
+        "share one GPU); default 1",
     )
     sweep.add_argument(
         "--time-limit",

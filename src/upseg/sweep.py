@@ -87,7 +87,7 @@ def run_sweep(
     """Train, score and tabulate every run. Runs go in rounds (seed, then fold, then method
     and input size), so a sweep cut short by `time_limit` (seconds after which no new run
     starts; runs in flight finish) still holds whole rounds first. `workers` > 1 trains that
-    many runs at once in separate processes (useful on a GPU that one small run leaves idle).
+    many runs at once in separate processes (several small runs can share one GPU).
     A run that fails (say, its loss turns NaN) is reported and left out; the others go on."""
     parsed = [parse_method(m) for m in methods]  # refuse a bad method before any work
     if workers < 1:
