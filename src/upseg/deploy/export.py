@@ -1,9 +1,11 @@
 """ONNX export of a LowResSegmenter: one self-contained file, dynamic batch, one output.
 
 The exported graph is the eval-mode model: image (B, C, r, r) -> logits (B, Nc, R, R) for a
-head model, (B, Nc, r, r) for a baseline. Every export is checked against PyTorch with
-onnxruntime on random inputs at two batch sizes; a file whose outputs differ by more than
-`tolerance` is not written.
+head model, (B, Nc, r, r) for a baseline. A head is exported folded into one convolution and a
+depth-to-space step (upseg.models.folded_head; `fold=False` keeps its stages). Every export is
+checked against the PyTorch model as trained, stages and all, with onnxruntime on random
+inputs at two batch sizes; a file whose outputs differ by more than `tolerance` is not
+written.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from upseg.errors import TrainingError
 from upseg.models import LowResSegmenter
+from upseg.models.folded_head import fold_model
 
 
 class ExportError(TrainingError):
@@ -27,7 +30,11 @@ class ExportError(TrainingError):
 
 
 def export_onnx(
-    model: LowResSegmenter, path: str | Path, tolerance: float = 1e-4, opset: int = 18
+    model: LowResSegmenter,
+    path: str | Path,
+    tolerance: float = 1e-4,
+    opset: int = 18,
+    fold: bool = True,
 ) -> dict:
     """Write `path` and return {"path", "max_abs_diff", "batches", "input", "output"}."""
     import onnxruntime as ort
@@ -50,7 +57,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(
-                    model,
+                    fold_model(model) if fold else model,
                     (example,),
                     tmp,
                     input_names=["image"],

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from upseg.models.folded_head import FoldedHead
 from upseg.models.head import UpscalingHead
 from upseg.models.registry import get_backbone_spec
 
@@ -29,7 +30,7 @@ class LowResSegmenter(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        head: UpscalingHead | None,
+        head: UpscalingHead | FoldedHead | None,
         input_size: int,
         output_size: int,
         divisor: int = 1,

@@ -1,0 +1,137 @@
+"""A trained head folded into one 3 x 3 convolution and a depth-to-space step, for inference.
+
+Every stage of the plain and the inner-skip head is affine (no activation), and its linear part
+is a transposed convolution (kernel 4, stride 2, padding 1). So output pixel S i + u of Y_m
+(S = 2^m) depends on Y0 rows i - 1 .. i + 1 only, and the same holds for columns: block (i, j)
+of the output (its S x S pixels, Nc S^2 values) is a 3 x 3 convolution of Y0 around (i, j)
+plus a constant. Inside the image that convolution is the same everywhere. In the first and
+last row and column of blocks it differs, because every stage crops what its 3 x 3 conv
+spills over the border before the next stage reads it. Hence, exactly:
+
+    Y_m = pixel_shuffle(conv2d(Y0, W[kind(i), kind(j)], b[kind(i), kind(j)], padding=1), S)
+
+with kind one of first / inner / last (or single, for a side of one pixel). Nine convolutions
+over the nine regions (corners, edges, interior) and one depth-to-space copy replace m stages
+of few channels at growing sizes: a few large operations, which run far closer to the
+machine's peak than the stages (docs/benchmarks.md). W and b are read off the head itself by
+probing it in float64 with impulses on 3 x 3 (and 1-pixel) inputs. Like folding BatchNorm into
+a convolution, this is for inference only: the weights are buffers derived from the trained
+head, and training keeps the stages.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from upseg.models.head import UpscalingHead
+
+FIRST, INNER, LAST, SINGLE = range(4)
+# Largest Nc S^2 (channels of the folded convolution) for which `fold_model` folds a head;
+# beyond it the weights (Nc S^2 x Nc x 9, nine regions) grow too large to be worth it.
+MAX_FOLDED_CHANNELS = 4096
+
+
+def _segments(length: int) -> list[tuple[int, int, int]]:
+    """(start, stop, kind) of the block regions along one side."""
+    if length == 1:
+        return [(0, 1, SINGLE)]
+    middle = [(1, length - 1, INNER)] if length > 2 else []
+    return [(0, 1, FIRST), *middle, (length - 1, length, LAST)]
+
+
+class FoldedHead(nn.Module):
+    """(B, Nc, h, w) logits -> [Y0, Y_m]; the stages in between are not computed.
+
+    weight (4, 4, Nc S^2, Nc, 3, 3) and bias (4, 4, Nc S^2), indexed by the row and column
+    kinds (FIRST, INNER, LAST, SINGLE); output channel c S^2 + u S + v is class c at
+    sub-pixel (u, v) of its block, the order pixel_shuffle reads."""
+
+    def __init__(self, weight: Tensor, bias: Tensor, num_classes: int, num_stages: int) -> None:
+        super().__init__()
+        channels = num_classes * 4**num_stages
+        if tuple(weight.shape) != (4, 4, channels, num_classes, 3, 3):
+            raise ValueError(f"weight of shape {tuple(weight.shape)} for {channels} channels")
+        if tuple(bias.shape) != (4, 4, channels):
+            raise ValueError(f"bias of shape {tuple(bias.shape)} for {channels} channels")
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.num_classes = num_classes
+        self.num_stages = num_stages
+
+    def forward(self, logits: Tensor) -> list[Tensor]:
+        padded = F.pad(logits, (1, 1, 1, 1))
+        rows = []
+        for top, bottom, row_kind in _segments(logits.shape[2]):
+            pieces = [
+                F.conv2d(
+                    padded[:, :, top : bottom + 2, left : right + 2],
+                    self.weight[row_kind, col_kind],
+                    self.bias[row_kind, col_kind],
+                )
+                for left, right, col_kind in _segments(logits.shape[3])
+            ]
+            rows.append(torch.cat(pieces, 3))
+        return [logits, F.pixel_shuffle(torch.cat(rows, 2), 2**self.num_stages)]
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, num_stages={self.num_stages}"
+
+
+def _probe(head: nn.Module, rows: int, cols: int, classes: int, scale: int) -> tuple[Tensor, ...]:
+    """Weights (rows, cols, Nc S^2, Nc, 3, 3) and biases (rows, cols, Nc S^2) of every block of
+    a rows x cols input, read from the head's responses to a zero input and to impulses."""
+    device = next(head.parameters()).device
+    inputs = torch.zeros(1 + classes * rows * cols, classes, rows, cols, dtype=torch.float64)
+    for c in range(classes):
+        for y in range(rows):
+            for x in range(cols):
+                inputs[1 + (c * rows + y) * cols + x, c, y, x] = 1.0
+    output = head(inputs.to(device))[-1].cpu()  # (N, Nc, rows S, cols S)
+    blocks = output.view(-1, classes, rows, scale, cols, scale).permute(0, 2, 4, 1, 3, 5)
+    blocks = blocks.reshape(-1, rows, cols, classes * scale * scale)
+    bias = blocks[0]
+    response = (blocks[1:] - bias).view(classes, rows, cols, rows, cols, -1)
+    weight = torch.zeros(rows, cols, blocks.shape[-1], classes, 3, 3, dtype=torch.float64)
+    for i in range(rows):
+        for j in range(cols):
+            for y in range(max(0, i - 1), min(rows, i + 2)):
+                for x in range(max(0, j - 1), min(cols, j + 2)):
+                    weight[i, j, :, :, y - i + 1, x - j + 1] = response[:, y, x, i, j].T
+    return weight, bias
+
+
+def fold_model(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of a LowResSegmenter whose head, if any, is folded (the model itself is
+    left as it is). Heads whose folded convolution would exceed MAX_FOLDED_CHANNELS output
+    channels keep their stages."""
+    folded = copy.deepcopy(model).eval()
+    head = getattr(folded, "head", None)
+    if isinstance(head, UpscalingHead) and head.num_classes * 4**head.num_stages <= (
+        MAX_FOLDED_CHANNELS
+    ):
+        folded.head = fold_head(head)
+    return folded
+
+
+@torch.no_grad()
+def fold_head(head: UpscalingHead) -> FoldedHead:
+    """The folded form of `head` with its weights as they are now (float32, on its device)."""
+    classes, scale = head.num_classes, 2**head.num_stages
+    probe = copy.deepcopy(head).double().eval()
+    channels = classes * scale * scale
+    weight = torch.zeros(4, 4, channels, classes, 3, 3, dtype=torch.float64)
+    bias = torch.zeros(4, 4, channels, dtype=torch.float64)
+    # Along a side of 3 blocks the kinds are first, inner, last; along a side of 1, single.
+    for rows, row_kinds in ((3, (FIRST, INNER, LAST)), (1, (SINGLE,))):
+        for cols, col_kinds in ((3, (FIRST, INNER, LAST)), (1, (SINGLE,))):
+            w, b = _probe(probe, rows, cols, classes, scale)
+            for i, row_kind in enumerate(row_kinds):
+                for j, col_kind in enumerate(col_kinds):
+                    weight[row_kind, col_kind] = w[i, j]
+                    bias[row_kind, col_kind] = b[i, j]
+    device = next(head.parameters()).device
+    return FoldedHead(weight.float().to(device), bias.float().to(device), classes, head.num_stages)

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from upseg.models import UpscalingHead, build
+from upseg.models.folded_head import FIRST, INNER, FoldedHead, fold_head, fold_model
+
+
+def _random_head(num_classes: int, num_stages: int, skip: bool, init: str) -> UpscalingHead:
+    head = UpscalingHead(num_classes, num_stages, skip=skip, init=init).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # biases and weights away from their init
+    return head
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "num_stages", "skip", "init"),
+    [
+        (1, 1, False, "default"),
+        (4, 4, False, "default"),
+        (4, 4, True, "upsample"),
+        (2, 3, True, "default"),
+        (3, 5, False, "upsample"),
+    ],
+)
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (2, 2), (3, 5), (7, 2), (16, 16)])
+def test_folded_head_equals_the_stages(num_classes, num_stages, skip, init, size) -> None:
+    head = _random_head(num_classes, num_stages, skip, init)
+    folded = fold_head(head)
+    x = 3 * torch.randn(2, num_classes, *size)
+    with torch.no_grad():
+        expected, got = head(x)[-1], folded(x)
+    assert len(got) == 2 and got[0] is x
+    assert got[1].shape == expected.shape
+    torch.testing.assert_close(got[1], expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
+def test_border_blocks_need_their_own_weights() -> None:
+    """A single translation-invariant kernel would be wrong on the border blocks only."""
+    head = _random_head(2, 3, False, "default")
+    folded = fold_head(head)
+    inner, first = folded.weight[INNER, INNER], folded.weight[FIRST, INNER]
+    assert (inner - first).abs().max() > 1e-3
+    assert folded.weight.dtype == torch.float32 and not list(folded.parameters())
+
+
+def test_fold_model_keeps_the_original_and_matches_it() -> None:
+    model = build("elunet", 4, 4, 16, 256, head="skip").eval()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    folded = fold_model(model)
+    assert isinstance(folded.head, FoldedHead) and isinstance(model.head, UpscalingHead)
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    baseline = build("elunet", 4, 4, 16, None)
+    assert fold_model(baseline).head is None
+
+
+def test_heads_too_wide_to_fold_keep_their_stages(monkeypatch) -> None:
+    import upseg.models.folded_head as folded_head
+
+    monkeypatch.setattr(folded_head, "MAX_FOLDED_CHANNELS", 63)
+    model = build("elunet", 1, 4, 16, 64, head="plain")  # 4 classes x 4^2 = 64 channels
+    assert isinstance(fold_model(model).head, UpscalingHead)
