@@ -4,12 +4,15 @@ Targets (ELU-Net baseline "elunet", head model "elunet+plain"):
   1. onnxruntime fp32, end to end: head latency at most 1.1x the baseline's at 16 and 32;
   2. forward only, at 16: the head's overhead over the bare backbone under 20%;
   3. end to end: the head at 16 has at least 1.5x the throughput of the baseline at 32;
-  4. onnxruntime fp32 at least 1.3x faster (median latency) than eager PyTorch fp32 at r >= 32.
+  4. onnxruntime fp32 at least 1.3x faster (median latency) than eager PyTorch fp32 at r >= 32;
+  5. onnxruntime int8 at least 1.5x faster than onnxruntime fp32 at r >= 64 (its accuracy, the
+     other half of that target, is checked by `upseg export --int8` on a trained run).
 Every ratio is printed for every runtime and batch size the file holds; the target lines are
 marked. Nothing is measured here.
 
 usage: python benchmarks/deploy_targets.py BENCH_DIR/bench.json [--base elunet]
-       [--head elunet+plain] [--ort ort-fp32] [--torch torch-fp32] [--statistic median|min]
+       [--head elunet+plain] [--ort ort-fp32] [--torch torch-fp32] [--int8 ort-int8]
+       [--statistic median|min]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     parser.add_argument("--head", default="elunet+plain")
     parser.add_argument("--ort", default="ort-fp32")
     parser.add_argument("--torch", default="torch-fp32")
+    parser.add_argument("--int8", default="ort-int8")
     parser.add_argument(
         "--statistic",
         choices=("median", "min"),
@@ -99,6 +103,20 @@ def main() -> None:
                         ratio,
                         ratio and ratio >= 1.3,
                         size >= 32,
+                    )
+    print(f"5. {args.ort} / {args.int8} latency (target >= 1.5 at r >= 64)")
+    for method in (args.base, args.head):
+        for mode in ("forward", "e2e"):
+            for batch in batches:
+                for size in sizes:
+                    fp32 = ms(method, args.ort, mode, size, batch)
+                    int8 = ms(method, args.int8, mode, size, batch)
+                    ratio = fp32 / int8 if fp32 and int8 else None
+                    report(
+                        f"{method} {mode} batch {batch} r {size}",
+                        ratio,
+                        ratio and ratio >= 1.5,
+                        size >= 64,
                     )
 
 

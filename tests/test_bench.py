@@ -40,14 +40,14 @@ def result() -> dict:
     return bench.run_bench(
         ["elunet", "elunet+plain"],
         resolutions=[16, 32],
-        runtimes=["torch-fp32", "torch-bf16", "ort-fp32"],
+        runtimes=["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8"],
         batches=[1, 2],
         **TINY,
     )
 
 
 def test_rows_for_every_model_size_runtime_mode_and_batch(result: dict) -> None:
-    runtimes = ["torch-fp32", "ort-fp32"]
+    runtimes = ["torch-fp32", "ort-fp32", "ort-int8"]
     bf16_skips = [s for s in result["skipped"] if s["runtime"] == "torch-bf16"]
     if not bf16_skips:  # a CPU with native bf16 times it too
         runtimes.append("torch-bf16")
@@ -172,3 +172,20 @@ def test_a_run_directory_is_timed_at_its_own_sizes(tmp_path: Path) -> None:
         ("head16 (elunet+plain)", 16, 64)
     }
     assert len(result["rows"]) == len(bench.MODES)
+
+
+def test_int8_runtime_runs_a_qdq_model_of_the_folded_export(tmp_path: Path) -> None:
+    import onnx
+
+    model = build("elunet", 2, 3, 16, 64, head="plain", base_width=4).eval()
+    entry = bench.BenchModel("elunet+plain", model, 64, 1)
+    ctx = bench.BenchContext("cpu", 1, tmp_path)
+    runtime = bench.RUNTIMES["ort-int8"]
+    fp32 = onnx.load(str(bench.RUNTIMES["ort-fp32"].model_file(entry, "forward", ctx)))
+    assert "DepthToSpace" in {n.op_type for n in fp32.graph.node}  # the folded head
+    int8 = onnx.load(str(runtime.model_file(entry, "forward", ctx)))
+    ops = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    labels = runtime.prepare(entry, "e2e", 2, ctx)()[0]  # checked against its own logits
+    assert labels.shape == (2, 64, 64) and labels.dtype == np.int64
+    assert set(np.unique(labels)) <= {0, 1, 2}

@@ -6,7 +6,7 @@ Two modes, measured side by side for every case:
   - "e2e" (end to end): image at r in, label mask at R out, what a user gets: a baseline adds
     the bilinear stretch to R and argmax, a head model adds argmax.
 
-Runtimes (RUNTIMES; `register_runtime` adds one, e.g. a later "ort-int8"):
+Runtimes (RUNTIMES; `register_runtime` adds one):
   - torch-fp32: PyTorch eager, inference mode;
   - torch-bf16: the same under torch.autocast(bfloat16), only where the device computes bf16
     natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16); elsewhere skipped with the
@@ -14,7 +14,10 @@ Runtimes (RUNTIMES; `register_runtime` adds one, e.g. a later "ort-int8"):
   - ort-fp32: onnxruntime on a file written by upseg.deploy.export.export_onnx (checked against
     PyTorch). End to end, the resize and argmax are nodes inside the ONNX graph
     (upseg.deploy.labels), so one session.run goes from image to labels; that graph is
-    checked against PyTorch's labels too.
+    checked against PyTorch's labels too. A head runs folded (upseg.models.folded_head);
+  - ort-int8: the static int8 QDQ model of `upseg export --int8` (same weight settings),
+    calibrated on random inputs, since only its speed is measured here; its end-to-end graph
+    is checked against its own logits.
 Inputs are random and made once per case outside the timed region; outputs are what the
 runtime returns (torch tensors on the device, numpy arrays from onnxruntime). On CUDA every
 timed call ends with torch.cuda.synchronize(); onnxruntime runs there only with its CUDA
@@ -26,11 +29,11 @@ call, so a thread pool left spinning by the previous case does not count, then i
 `repeats` timed calls), which spreads the drift of a shared machine over all cases alike.
 Latency = median and 90th percentile of the per-call times; throughput = batch / median.
 
-Achieved GFLOP/s = 2 x MACs per image (upseg.profile.count_macs: the published layers;
-resize and argmax count nothing) x batch / median time, shown against the machine's conv
-peak: the GFLOP/s (median call) of one large 3x3 convolution in PyTorch fp32 with the same
-threads, measured before and after the cases, the better of the two. Rows also keep the
-fastest call (min_ms), a hint of what an unshared machine would show.
+Achieved GFLOP/s = 2 x MACs per image (upseg.profile.count_macs: the published layers, also
+for a folded head; resize and argmax count nothing) x batch / median time, shown against the
+machine's conv peak: the GFLOP/s (median call) of one large 3x3 convolution in PyTorch fp32
+with the same threads, measured before and after the cases, the better of the two. Rows also
+keep the fastest call (min_ms), a hint of what an unshared machine would show.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from upseg.resize import stretch_logits
 
 MODES = ("forward", "e2e")
 MODE_TITLES = {"forward": "forward", "e2e": "end-to-end"}
-DEFAULT_RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32")
+DEFAULT_RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8")
 LABEL_MISMATCH_TOLERANCE = 1e-3  # fraction of pixels whose ONNX label may differ (near ties)
 
 
@@ -229,10 +232,14 @@ class OrtRuntime(Runtime):
             session = ort.InferenceSession(
                 str(path), options, providers=[self._provider(ctx.device)]
             )
-            if mode == "e2e":
-                _check_labels(session, entry, path)
             ctx.cache[key] = session
+            if mode == "e2e":
+                self.check_labels(session, entry, path, ctx)
         return ctx.cache[key]
+
+    def check_labels(self, session, entry: BenchModel, path: Path, ctx: BenchContext) -> None:
+        """Fail unless the e2e graph gives PyTorch's labels."""
+        _check_labels(session, entry, path)
 
     def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
         session = self.session(entry, mode, ctx)
@@ -242,19 +249,68 @@ class OrtRuntime(Runtime):
         return lambda: session.run(None, feed)
 
 
-def _check_labels(session, entry: BenchModel, path: Path) -> None:
-    """The e2e graph must give PyTorch's labels (up to near ties in a few pixels)."""
+def _check_labels(session, entry: BenchModel, path: Path, logits=None) -> None:
+    """The e2e graph must give the labels of its logits (by default PyTorch's) stretched to R,
+    up to near ties in a few pixels. `logits`: a function image -> logits to compare with."""
     from upseg.deploy.export import ExportError
 
     x = torch.randn(2, entry.in_channels, entry.input_size, entry.input_size)
     with torch.inference_mode():
-        expected = stretch_logits(entry.model(x), entry.output_size).argmax(1).numpy()
+        scores = entry.model(x) if logits is None else logits(x)
+        expected = stretch_logits(scores, entry.output_size).argmax(1).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     mismatch = float(np.mean(got != expected)) if got.shape == expected.shape else 1.0
     if mismatch > LABEL_MISMATCH_TOLERANCE:
         raise ExportError(
-            f"{path}: ONNX labels differ from PyTorch's in {100 * mismatch:.2f}% of pixels"
+            f"{path}: ONNX labels differ from those of its logits in {100 * mismatch:.2f}% of "
+            "pixels"
         )
+
+
+class RandomCalibration:
+    """onnxruntime CalibrationDataReader of standard-normal images (B, C, r, r): the int8
+    ranges they set do not change the speed that the bench measures."""
+
+    def __init__(self, entry: BenchModel, batches: int = 4, batch: int = 8) -> None:
+        generator = np.random.default_rng(0)
+        shape = (batch, entry.in_channels, entry.input_size, entry.input_size)
+        self.batches = [generator.standard_normal(shape).astype(np.float32) for _ in range(batches)]
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return {"image": self.batches.pop()} if self.batches else None
+
+
+class OrtInt8Runtime(OrtRuntime):
+    """onnxruntime on the static int8 (QDQ) model that `upseg export --int8` writes, with the
+    same weight settings (upseg.deploy.quantize), calibrated on random inputs: speed only.
+    Its accuracy is what `export --int8` checks on a run's validation split."""
+
+    name = "ort-int8"
+
+    def unavailable(self, device: str) -> str | None:
+        if device.startswith("cuda"):
+            return "int8 QDQ models are benchmarked on the CPU provider only"
+        return super().unavailable(device)
+
+    def forward_file(self, entry: BenchModel, ctx: BenchContext) -> Path:
+        from upseg.deploy.quantize import quantize_onnx
+
+        key = (self.name, "onnx-forward", id(entry.model))
+        if key not in ctx.cache:
+            fp32 = super().forward_file(entry, ctx)
+            path = fp32.with_name(f"{fp32.stem}-int8.onnx")
+            quantize_onnx(fp32, path, RandomCalibration(entry))
+            ctx.cache[key] = path
+        return ctx.cache[key]
+
+    def check_labels(self, session, entry: BenchModel, path: Path, ctx: BenchContext) -> None:
+        forward = self.session(entry, "forward", ctx)
+        name = forward.get_inputs()[0].name
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(forward.run(None, {name: x.numpy()})[0])
+
+        _check_labels(session, entry, path, logits)
 
 
 RUNTIMES: dict[str, Runtime] = {}
@@ -269,6 +325,7 @@ def register_runtime(runtime: Runtime) -> None:
 register_runtime(TorchRuntime("torch-fp32"))
 register_runtime(TorchRuntime("torch-bf16", torch.bfloat16))
 register_runtime(OrtRuntime())
+register_runtime(OrtInt8Runtime())
 
 
 def default_threads() -> int:

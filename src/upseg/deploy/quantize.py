@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,6 +35,12 @@ from upseg.report import run_dataset
 from upseg.train import TrainConfig, load_run, method_label
 
 CALIBRATION_BATCH = 8  # slices per calibration batch; MinMax ranges do not depend on it
+
+
+class CalibrationReader(Protocol):
+    """What onnxruntime's quantiser reads: {"image": batch} dicts, then None."""
+
+    def get_next(self) -> dict[str, np.ndarray] | None: ...
 
 
 class Int8RefusedError(TrainingError):
@@ -109,7 +116,7 @@ class OnnxModel(nn.Module):
 def quantize_onnx(
     fp32: str | Path,
     out: str | Path,
-    reader: SliceCalibration,
+    reader: SliceCalibration | CalibrationReader,
     per_channel: bool = True,
     reduce_range: bool | None = None,
 ) -> None:
