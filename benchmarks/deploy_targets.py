@@ -90,34 +90,28 @@ def main() -> None:
             )
             ratio = base / head if head and base else None  # throughput ratio = latency ratio
             report(f"{runtime} batch {batch}", ratio, ratio and ratio >= 1.5, runtime == args.ort)
-    print(f"4. {args.torch} / {args.ort} latency (target >= 1.3 at r >= 32)")
-    for method in (args.base, args.head):
-        for mode in ("forward", "e2e"):
-            for batch in batches:
-                for size in sizes:
-                    eager = ms(method, args.torch, mode, size, batch)
-                    onnx = ms(method, args.ort, mode, size, batch)
-                    ratio = eager / onnx if eager and onnx else None
-                    report(
-                        f"{method} {mode} batch {batch} r {size}",
-                        ratio,
-                        ratio and ratio >= 1.3,
-                        size >= 32,
-                    )
-    print(f"5. {args.ort} / {args.int8} latency (target >= 1.5 at r >= 64)")
-    for method in (args.base, args.head):
-        for mode in ("forward", "e2e"):
-            for batch in batches:
-                for size in sizes:
-                    fp32 = ms(method, args.ort, mode, size, batch)
-                    int8 = ms(method, args.int8, mode, size, batch)
-                    ratio = fp32 / int8 if fp32 and int8 else None
-                    report(
-                        f"{method} {mode} batch {batch} r {size}",
-                        ratio,
-                        ratio and ratio >= 1.5,
-                        size >= 64,
-                    )
+
+    def speedup(slow: str, fast: str, target: float, min_size: int) -> None:
+        """Latency of runtime `slow` over runtime `fast`, per method, mode, batch and size."""
+        print(f"{slow} / {fast} latency (target >= {target} at r >= {min_size})")
+        for method in (args.base, args.head):
+            for mode in ("forward", "e2e"):
+                for batch in batches:
+                    for size in sizes:
+                        before = ms(method, slow, mode, size, batch)
+                        after = ms(method, fast, mode, size, batch)
+                        ratio = before / after if before and after else None
+                        report(
+                            f"{method} {mode} batch {batch} r {size}",
+                            ratio,
+                            ratio and ratio >= target,
+                            size >= min_size,
+                        )
+
+    print("4. ", end="")
+    speedup(args.torch, args.ort, 1.3, 32)
+    print("5. ", end="")
+    speedup(args.ort, args.int8, 1.5, 64)
 
 
 if __name__ == "__main__":
