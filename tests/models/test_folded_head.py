@@ -64,3 +64,17 @@ def test_heads_too_wide_to_fold_keep_their_stages(monkeypatch) -> None:
     monkeypatch.setattr(folded_head, "MAX_FOLDED_CHANNELS", 63)
     model = build("elunet", 1, 4, 16, 64, head="plain")  # 4 classes x 4^2 = 64 channels
     assert isinstance(fold_model(model).head, UpscalingHead)
+
+
+def test_export_holds_the_folded_head_with_the_nine_regions_it_uses(tmp_path) -> None:
+    import onnx
+
+    from upseg.deploy.export import export_onnx
+
+    model = build("elunet", 2, 3, 16, 64, head="plain", base_width=4)
+    export_onnx(model, tmp_path / "m.onnx")  # checked against the stages inside
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    region_weights = [i.name for i in graph.initializer if i.name.startswith("head.weight_")]
+    assert len(region_weights) == 9  # first / inner / last rows x columns; no single kinds
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("DepthToSpace") == 1 and "Gather" not in ops

@@ -57,8 +57,12 @@ class FoldedHead(nn.Module):
             raise ValueError(f"weight of shape {tuple(weight.shape)} for {channels} channels")
         if tuple(bias.shape) != (4, 4, channels):
             raise ValueError(f"bias of shape {tuple(bias.shape)} for {channels} channels")
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
+        # One buffer per region kind: an export keeps only those its input size uses.
+        for row_kind in range(4):
+            for col_kind in range(4):
+                key = f"{row_kind}{col_kind}"
+                self.register_buffer(f"weight_{key}", weight[row_kind, col_kind].clone())
+                self.register_buffer(f"bias_{key}", bias[row_kind, col_kind].clone())
         self.num_classes = num_classes
         self.num_stages = num_stages
 
@@ -69,13 +73,27 @@ class FoldedHead(nn.Module):
             pieces = [
                 F.conv2d(
                     padded[:, :, top : bottom + 2, left : right + 2],
-                    self.weight[row_kind, col_kind],
-                    self.bias[row_kind, col_kind],
+                    getattr(self, f"weight_{row_kind}{col_kind}"),
+                    getattr(self, f"bias_{row_kind}{col_kind}"),
                 )
                 for left, right, col_kind in _segments(logits.shape[3])
             ]
             rows.append(torch.cat(pieces, 3))
         return [logits, F.pixel_shuffle(torch.cat(rows, 2), 2**self.num_stages)]
+
+    @property
+    def weight(self) -> Tensor:
+        """(4, 4, Nc S^2, Nc, 3, 3), indexed by row and column kind."""
+        return self._stacked("weight")
+
+    @property
+    def bias(self) -> Tensor:
+        """(4, 4, Nc S^2), indexed by row and column kind."""
+        return self._stacked("bias")
+
+    def _stacked(self, name: str) -> Tensor:
+        rows = [torch.stack([getattr(self, f"{name}_{r}{c}") for c in range(4)]) for r in range(4)]
+        return torch.stack(rows)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, num_stages={self.num_stages}"
