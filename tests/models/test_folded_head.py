@@ -78,3 +78,14 @@ def test_export_holds_the_folded_head_with_the_nine_regions_it_uses(tmp_path) ->
     assert len(region_weights) == 9  # first / inner / last rows x columns; no single kinds
     ops = [n.op_type for n in graph.node]
     assert ops.count("DepthToSpace") == 1 and "Gather" not in ops
+
+
+def test_folded_head_takes_the_heads_dtype_and_refuses_training() -> None:
+    head = _random_head(2, 2, False, "default").double()
+    folded = fold_head(head)
+    assert folded.weight.dtype == torch.float64 and not folded.training
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x)[1], head(x)[-1], rtol=1e-10, atol=1e-10)
+    with pytest.raises(RuntimeError, match="inference only"):
+        folded.train()(x)

@@ -67,6 +67,11 @@ class FoldedHead(nn.Module):
         self.num_stages = num_stages
 
     def forward(self, logits: Tensor) -> list[Tensor]:
+        if self.training:
+            raise RuntimeError(
+                "a folded head is for inference only (it returns no intermediate stages); "
+                "train the UpscalingHead it was folded from"
+            )
         padded = F.pad(logits, (1, 1, 1, 1))
         rows = []
         for top, bottom, row_kind in _segments(logits.shape[2]):
@@ -102,13 +107,12 @@ class FoldedHead(nn.Module):
 def _probe(head: nn.Module, rows: int, cols: int, classes: int, scale: int) -> tuple[Tensor, ...]:
     """Weights (rows, cols, Nc S^2, Nc, 3, 3) and biases (rows, cols, Nc S^2) of every block of
     a rows x cols input, read from the head's responses to a zero input and to impulses."""
-    device = next(head.parameters()).device
     inputs = torch.zeros(1 + classes * rows * cols, classes, rows, cols, dtype=torch.float64)
     for c in range(classes):
         for y in range(rows):
             for x in range(cols):
                 inputs[1 + (c * rows + y) * cols + x, c, y, x] = 1.0
-    output = head(inputs.to(device))[-1].cpu()  # (N, Nc, rows S, cols S)
+    output = head(inputs)[-1]  # (N, Nc, rows S, cols S)
     blocks = output.view(-1, classes, rows, scale, cols, scale).permute(0, 2, 4, 1, 3, 5)
     blocks = blocks.reshape(-1, rows, cols, classes * scale * scale)
     bias = blocks[0]
@@ -137,9 +141,10 @@ def fold_model(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def fold_head(head: UpscalingHead) -> FoldedHead:
-    """The folded form of `head` with its weights as they are now (float32, on its device)."""
+    """The folded form of `head` with its weights as they are now, on its device and in its
+    dtype (probed in float64 on the CPU)."""
     classes, scale = head.num_classes, 2**head.num_stages
-    probe = copy.deepcopy(head).double().eval()
+    probe = copy.deepcopy(head).cpu().double().eval()
     channels = classes * scale * scale
     weight = torch.zeros(4, 4, channels, classes, 3, 3, dtype=torch.float64)
     bias = torch.zeros(4, 4, channels, dtype=torch.float64)
@@ -151,5 +156,6 @@ def fold_head(head: UpscalingHead) -> FoldedHead:
                 for j, col_kind in enumerate(col_kinds):
                     weight[row_kind, col_kind] = w[i, j]
                     bias[row_kind, col_kind] = b[i, j]
-    device = next(head.parameters()).device
-    return FoldedHead(weight.float().to(device), bias.float().to(device), classes, head.num_stages)
+    like = next(head.parameters())
+    folded = FoldedHead(weight, bias, classes, head.num_stages)
+    return folded.to(device=like.device, dtype=like.dtype).eval()
