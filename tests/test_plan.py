@@ -83,6 +83,21 @@ def test_plan_uses_the_fastest_runtime_and_lists_what_it_lacks() -> None:
         plan(SWEEP, BENCH, 5.0, stat="mean_ms")
 
 
+def test_plan_leaves_int8_timings_out_unless_asked() -> None:
+    bench = [*BENCH, _bench("elunet", 32, "ort-int8", 12.0)]  # faster than ort-fp32's 20 ms
+    result = plan(SWEEP, bench, 15.0)
+    assert (result["pick"]["method"], result["pick"]["input"]) == ("elunet+plain:upsample", 16)
+    assert {r["runtime"] for r in result["rows"]} == {"ort-fp32"}
+    assert result["missing"][0].startswith("ort-int8 timings left out: the sweep scored")
+    result = plan(SWEEP, bench, 15.0, include_int8=True)
+    assert (result["pick"]["method"], result["pick"]["input"], result["pick"]["runtime"]) == (
+        "elunet",
+        32,
+        "ort-int8",
+    )
+    assert not any("left out" in line for line in result["missing"])
+
+
 def test_plan_cli(tmp_path: Path) -> None:
     sweep, bench = tmp_path / "sweep", tmp_path / "bench"
     write_csv(sweep / "sweep.csv", SWEEP)

@@ -496,6 +496,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         mode=args.mode,
         stat=args.stat,
         metric=args.metric,
+        include_int8=args.include_int8,
     )
     rows, pick, stat, metric = result["rows"], result["pick"], args.stat, args.metric
     if rows:
@@ -1002,6 +1003,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="latency statistic held against the budget (default p90_ms)",
     )
     plan.add_argument("--metric", default="foreground_dice", help="a sweep.csv column")
+    plan.add_argument(
+        "--include-int8",
+        action="store_true",
+        help="also use int8 runtimes' timings (the sweep's scores are those of the fp32 models)",
+    )
     plan.add_argument("--out", type=Path, help="folder for plan.csv and plan.json")
     plan.set_defaults(func=cmd_plan)
     bench = commands.add_parser(

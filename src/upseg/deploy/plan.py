@@ -4,7 +4,9 @@ Quality comes from a sweep (`sweep.csv`: mean scores per method and input size);
 comes from `upseg bench` on the target device (`bench.json`). Nothing is estimated: a
 configuration missing from either side is listed as such, never filled in. Latency does
 not depend on the weights' initialisation, so `elunet+plain:upsample` in a sweep takes the
-bench figures of `elunet+plain` (and the other way round).
+bench figures of `elunet+plain` (and the other way round). A sweep scores fp32 models, so the
+timings of int8 runtimes (names ending in "int8") are left out unless asked for: their model
+is not the one the sweep scored (`upseg export --int8` reports its Dice).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def plan(
     mode: str = "e2e",
     stat: str = "p90_ms",
     metric: str = "foreground_dice",
+    include_int8: bool = False,
 ) -> dict:
     """Trade-off rows (one per swept method and input size, with its fastest measured
     runtime) and the pick: the best `metric` whose latency `stat` fits `budget_ms`.
@@ -84,13 +87,22 @@ def plan(
     if sweep_rows and metric not in sweep_rows[0]:
         raise ValueError(f"the sweep has no {metric!r} column")
     timings: dict[tuple[str, int], dict] = {}
+    left_out: set[str] = set()
     for row in bench_rows:
         if row.get("batch") != batch or row.get("mode") != mode:
+            continue
+        if str(row["runtime"]).endswith("int8") and not include_int8:
+            left_out.add(str(row["runtime"]))
             continue
         key = (architecture(str(row["method"])), int(row["input"]))
         if key not in timings or row[stat] < timings[key][stat]:
             timings[key] = row
     rows, missing = [], []
+    for runtime in sorted(left_out):
+        missing.append(
+            f"{runtime} timings left out: the sweep scored the fp32 models "
+            "(--include-int8 uses them; export --int8 reports the int8 Dice)"
+        )
     for quality in sweep_rows:
         timing = timings.get((architecture(quality["method"]), quality["input"]))
         if timing is None:
