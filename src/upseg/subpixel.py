@@ -78,7 +78,8 @@ class _WindowShuffle(torch.autograd.Function):
 def window_shuffle(windows: Tensor, fast: bool = True) -> Tensor:
     """(B, 4 Nc, h + 1, w + 1) window tensor -> stage output (B, Nc, 2h, 2w).
 
-    fast: one strided copy each way (training); otherwise slices and stacks, which export."""
+    fast: one strided copy each way (training, eager inference); otherwise slices and stacks,
+    which export."""
     if fast:
         return _WindowShuffle.apply(windows)
     batch, channels, rows, cols = windows.shape

@@ -89,3 +89,15 @@ def test_folded_head_takes_the_heads_dtype_and_refuses_training() -> None:
         torch.testing.assert_close(folded(x)[1], head(x)[-1], rtol=1e-10, atol=1e-10)
     with pytest.raises(RuntimeError, match="inference only"):
         folded.train()(x)
+
+
+def test_export_without_folding_keeps_the_stages(tmp_path) -> None:
+    import onnx
+
+    from upseg.deploy.export import export_onnx
+
+    model = build("elunet", 2, 3, 16, 64, head="plain", base_width=4)
+    report = export_onnx(model, tmp_path / "m.onnx", fold=False)  # checked against PyTorch
+    assert report["max_abs_diff"] <= 1e-4
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "DepthToSpace" not in ops

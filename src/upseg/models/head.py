@@ -140,9 +140,9 @@ class UpscalingStage(nn.Sequential):
         col_kind = torch.tensor([0] + [1] * (width - 1) + [2], device=x.device)
         windows = F.conv2d(x, weight, self[1].bias.repeat_interleave(4) + inner, padding=1)
         windows = add_border(windows, levels[:, 0::2][:, :, col_kind], levels[:, 1, 0::2])
-        fast = self.training and torch.is_grad_enabled()
-        output = window_shuffle(windows, fast)
-        if fast:
+        # One strided copy, except while exporting (slices and stacks trace to plain ONNX ops).
+        output = window_shuffle(windows, fast=not torch.compiler.is_exporting())
+        if self.training and torch.is_grad_enabled():
             attach_windows(output, windows)  # MultiScaleLoss skips the shuffle's backward
         return output
 
