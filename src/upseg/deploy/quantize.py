@@ -116,7 +116,7 @@ class OnnxModel(nn.Module):
 def quantize_onnx(
     fp32: str | Path,
     out: str | Path,
-    reader: SliceCalibration | CalibrationReader,
+    reader: CalibrationReader,
     per_channel: bool = True,
     reduce_range: bool | None = None,
 ) -> None:
