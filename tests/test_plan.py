@@ -12,14 +12,14 @@ SWEEP = [
     {"method": "elunet", "input": 16, "runs": 5, "foreground_dice": 0.36, "paper_jaccard": 0.42},
     {"method": "elunet", "input": 32, "runs": 5, "foreground_dice": 0.49, "paper_jaccard": 0.50},
     {
-        "method": "elunet+plain:upsample",
+        "method": "elunet+plain:pytorch",
         "input": 16,
         "runs": 5,
         "foreground_dice": 0.38,
         "paper_jaccard": 0.43,
     },
     {
-        "method": "elunet+plain:upsample",
+        "method": "elunet+plain:pytorch",
         "input": 32,
         "runs": 5,
         "foreground_dice": 0.48,
@@ -56,7 +56,7 @@ BENCH = [
 
 @pytest.mark.parametrize(
     ("budget", "expected"),
-    [(21.0, ("elunet", 32)), (15.0, ("elunet+plain:upsample", 16)), (7.0, ("elunet", 16))],
+    [(21.0, ("elunet", 32)), (15.0, ("elunet+plain:pytorch", 16)), (7.0, ("elunet", 16))],
 )
 def test_plan_picks_the_best_score_inside_the_budget(budget: float, expected: tuple) -> None:
     result = plan(SWEEP, BENCH, budget)
@@ -69,7 +69,7 @@ def test_plan_uses_the_fastest_runtime_and_lists_what_it_lacks() -> None:
     assert by_key[("elunet", 16)]["runtime"] == "ort-fp32"
     assert by_key[("elunet", 16)]["p90_ms"] == 6.0
     # the head's latency does not depend on its initialisation
-    assert by_key[("elunet+plain:upsample", 16)]["p90_ms"] == 8.0
+    assert by_key[("elunet+plain:pytorch", 16)]["p90_ms"] == 8.0
     assert [r["p90_ms"] for r in result["rows"]] == sorted(r["p90_ms"] for r in result["rows"])
     assert ("unet", 32) not in by_key
     assert result["missing"] == [
@@ -86,7 +86,7 @@ def test_plan_uses_the_fastest_runtime_and_lists_what_it_lacks() -> None:
 def test_plan_leaves_int8_timings_out_unless_asked() -> None:
     bench = [*BENCH, _bench("elunet", 32, "ort-int8", 12.0)]  # faster than ort-fp32's 20 ms
     result = plan(SWEEP, bench, 15.0)
-    assert (result["pick"]["method"], result["pick"]["input"]) == ("elunet+plain:upsample", 16)
+    assert (result["pick"]["method"], result["pick"]["input"]) == ("elunet+plain:pytorch", 16)
     assert {r["runtime"] for r in result["rows"]} == {"ort-fp32"}
     assert result["missing"][0].startswith("ort-int8 timings left out: the sweep scored")
     result = plan(SWEEP, bench, 15.0, include_int8=True)
@@ -107,7 +107,7 @@ def test_plan_cli(tmp_path: Path) -> None:
     args = ["plan", "--sweep", str(sweep), "--bench", str(bench), "--out", str(tmp_path / "o")]
     result = run_cli(*args, "--budget-ms", "15")
     assert result.returncode == 0, result.stderr
-    assert "pick: elunet+plain:upsample at input 16 on ort-fp32" in result.stdout
+    assert "pick: elunet+plain:pytorch at input 16 on ort-fp32" in result.stdout
     assert "not judged: unet @ 32" in result.stdout
     assert (tmp_path / "o" / "plan.csv").is_file() and (tmp_path / "o" / "plan.json").is_file()
     result = run_cli(*args, "--budget-ms", "1")

@@ -10,9 +10,14 @@ from upseg.sweep import Method, parse_method, run_sweep
 
 
 def test_parse_method() -> None:
-    assert parse_method("elunet") == Method("elunet", "none", "default")
-    assert parse_method("unet+skip:upsample") == Method("unet", "skip", "upsample")
-    assert parse_method("elunet+plain:upsample").name == "elunet+plain:upsample"
+    assert parse_method("elunet") == Method("elunet", "none", "upsample")
+    assert parse_method("unet+skip") == Method("unet", "skip", "upsample")
+    assert parse_method("unet+skip:pytorch") == Method("unet", "skip", "pytorch")
+    assert parse_method("elunet+plain:upsample").name == "elunet+plain"  # the default
+    assert parse_method("elunet+plain:pytorch").name == "elunet+plain:pytorch"
+    assert parse_method("elunet+plain:default").name == "elunet+plain:pytorch"  # former name
+    with pytest.raises(ValueError, match="is not backbone"):
+        parse_method("elunet+plain:xavier")
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):
         parse_method("resnet+plain")
     with pytest.raises(ValueError, match="is not backbone"):

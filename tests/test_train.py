@@ -195,14 +195,14 @@ def test_nan_input_exits_non_zero(store: Path, tmp_path: Path) -> None:
 def test_evaluate_baseline_and_head(store: Path, tmp_path: Path) -> None:
     baseline, head = tmp_path / "baseline", tmp_path / "head"
     train(config(store, baseline, head="none", epochs=1), progress=False)
-    train(config(store, head, head_init="upsample", epochs=1), progress=False)
+    train(config(store, head, epochs=1), progress=False)
     written = evaluate_run(baseline, progress=False)
     assert [p.name for p in written] == ["last_val.json", "last_val.csv"]
     written = evaluate_run(head, figures=True, against=baseline, num_slices=2, progress=False)
     names = [p.name for p in written]
     assert names == ["last_val.json", "last_val.csv", "last_val_stages.csv", "last_val_figure.png"]
     result = json.loads(written[0].read_text())
-    assert result["method"] == "elunet+plain:upsample" and result["output_size"] == 64
+    assert result["method"] == "elunet+plain" and result["output_size"] == 64
     assert sorted(result["scores"]["stages"], key=int) == ["16", "32", "64"]
     for stage in result["scores"]["stages"].values():
         assert 0 <= stage["paper_jaccard"] <= 1
@@ -290,6 +290,22 @@ def test_run_state_refuses_other_settings(store: Path, tmp_path: Path) -> None:
     assert train_or_resume(config(store, run, epochs=1), progress=False) == "skipped (finished)"
     with pytest.raises(TrainingError, match=r"holds a run with other settings \(lr\)"):
         run_state(config(store, run, epochs=1, lr=0.1))
+    with pytest.raises(TrainingError, match=r"other settings \(head_init\)"):
+        run_state(config(store, run, epochs=1, head_init="pytorch"))
+
+    # A run saved while PyTorch's initialisation was called "default" keeps that meaning.
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["head_init"] == "upsample"
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "head_init": "default"}))
+    assert run_state(config(store, run, epochs=1, head_init="pytorch")) == "finished"
+    with pytest.raises(TrainingError, match=r"other settings \(head_init\)"):
+        run_state(config(store, run, epochs=1))
+    # A baseline has no head: whatever head_init it was saved with, it is the same run.
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({**saved, "head": "none", "head_init": "default"})
+    )
+    for init in ("default", "pytorch", "upsample"):
+        assert run_state(config(store, run, epochs=1, head="none", head_init=init)) == "finished"
 
 
 def test_more_cli_errors(store: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from upseg.deploy.bench import DEFAULT_RUNTIMES, RUNTIMES
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json
-from upseg.models import list_backbones
+from upseg.models import HEAD_INITS, list_backbones
 
 HEAD_CHOICES = ("none", "plain", "skip")
 
@@ -622,7 +622,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         choices=("plain", "skip", "none"),
         help="up-scaling head; none trains the baseline (default plain)",
     )
-    parser.add_argument("--head-init", choices=("default", "upsample"))
+    parser.add_argument(
+        "--head-init",
+        choices=HEAD_INITS,
+        help="upsample: stages start as nearest up-sampling (default); pytorch: PyTorch's "
+        "layer initialisation, as in the paper",
+    )
     parser.add_argument("--input-size", type=int, help="input resolution r (default 16)")
     parser.add_argument("--output-size", type=int, help="output resolution R (default: store)")
     parser.add_argument("--loss", choices=BASE_LOSSES)
@@ -771,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one model; validation at the full resolution R after every epoch.",
         epilog="examples:\n"
         "  upseg train --store stores/brats --out runs/elunet16 --head none --input-size 16\n"
-        "  upseg train --store stores/brats --out runs/head16 --head plain --head-init upsample\n"
+        "  upseg train --store stores/brats --out runs/head16 --head plain\n"
         "  upseg train --config experiment.yaml --epochs 50\n"
         "  upseg train --resume runs/head16\n"
         "  torchrun --nproc_per_node=2 -m upseg train --store ... --out ...",
@@ -845,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and score every method at every input size, resumably; write the "
         "paper's Table II/III layouts (markdown, CSV) and Fig. 1 / Fig. 5.",
         epilog="example: upseg sweep --store stores/brats --out sweeps/brats --methods elunet "
-        "elunet+plain elunet+plain:upsample elunet+skip unet --resolutions 16 32 64 --folds 5",
+        "elunet+plain elunet+plain:pytorch elunet+skip unet --resolutions 16 32 64 --folds 5",
     )
     sweep.add_argument("--store", type=Path, required=True)
     sweep.add_argument("--out", type=Path, required=True)
@@ -854,7 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="METHOD",
-        help="backbone[+plain|+skip[:upsample]], e.g. elunet elunet+plain:upsample",
+        help="backbone[+plain|+skip[:pytorch]], e.g. elunet elunet+plain elunet+plain:pytorch",
     )
     sweep.add_argument("--resolutions", type=int, nargs="+", required=True, metavar="R")
     sweep.add_argument(
@@ -1027,7 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="METHOD",
-        help="backbone[+plain|+skip[:upsample]] (fresh weights) or a run directory",
+        help="backbone[+plain|+skip[:pytorch]] (fresh weights) or a run directory",
     )
     bench.add_argument("--resolutions", type=int, nargs="+", default=[16, 32, 64], metavar="r")
     bench.add_argument(

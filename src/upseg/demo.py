@@ -1,8 +1,8 @@
 """`upseg demo`: the baseline against the up-scaling head, measured end to end.
 
 On the built-in phantom (or a real dataset with --data), for each input size r: trains the
-ELU-Net baseline and ELU-Net + plain head (`upsample` start), scores both at R with their
-last weights, counts parameters and GMac, times batch-1 inference on this machine, and
+ELU-Net baseline and ELU-Net + plain head (the default `upsample` start), scores both at R
+with their last weights, counts parameters and GMac, times batch-1 inference on this machine, and
 writes a table and figures. Re-running reuses finished runs and resumes unfinished ones.
 """
 
@@ -80,12 +80,11 @@ def run_demo(
     rows, figures = [], []
     for r in resolutions:
         runs = []
-        for head, init in (("none", "default"), ("plain", "upsample")):
+        for head in ("none", "plain"):
             config = TrainConfig(
                 store=str(store_path),
                 out=str(out / "runs" / f"{head}_r{r}"),
                 head=head,
-                head_init=init,
                 input_size=r,
                 epochs=epochs,
                 batch_size=batch_size,

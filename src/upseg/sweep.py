@@ -1,7 +1,8 @@
 """`upseg sweep`: methods x input sizes (x folds x seeds) -> the paper's tables and figures.
 
-A method is `backbone[+head[:init]]`: `elunet` (baseline), `elunet+plain`,
-`elunet+plain:upsample`, `elunet+skip`, `unet`. Each run lives in OUT/runs/<name>; finished
+A method is `backbone[+head[:init]]`: `elunet` (baseline), `elunet+plain`, `elunet+skip`
+(heads start as nearest up-sampling), `elunet+plain:pytorch` (PyTorch's initialisation, as in
+the paper), `unet`. Each run lives in OUT/runs/<name>; finished
 runs are skipped and interrupted ones resumed, so a sweep can span several sittings. Every
 run is scored with its last weights on its own validation patients (nothing is selected on
 the data that is reported); with --folds k the patients are split k ways and each run
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from upseg.data import SliceStore
 from upseg.errors import TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
-from upseg.models import get_backbone_spec, method_name
+from upseg.models import DEFAULT_HEAD_INIT, get_backbone_spec, method_name, resolve_head_init
 from upseg.plots import curves_plot, tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
@@ -37,7 +38,7 @@ from upseg.train import TrainConfig, build_model, resolve_device, run_state, tra
 class Method:
     backbone: str
     head: str = "none"
-    init: str = "default"
+    init: str = DEFAULT_HEAD_INIT
 
     @property
     def name(self) -> str:
@@ -49,10 +50,13 @@ def parse_method(text: str) -> Method:
     head, _, init = rest.partition(":")
     get_backbone_spec(backbone)  # raises with the list of names
     head = head or "none"
-    init = init or "default"
-    if head not in ("none", "plain", "skip") or init not in ("default", "upsample"):
+    try:
+        init = resolve_head_init(init or DEFAULT_HEAD_INIT)
+    except ValueError:
+        init = ""
+    if head not in ("none", "plain", "skip") or not init or (head == "none" and ":" in text):
         raise ValueError(
-            f"method {text!r} is not backbone[+plain|+skip[:upsample]], e.g. elunet+plain:upsample"
+            f"method {text!r} is not backbone[+plain|+skip[:pytorch]], e.g. elunet+plain:pytorch"
         )
     return Method(backbone, head, init)
 

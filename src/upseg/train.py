@@ -33,7 +33,13 @@ from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import write_text_atomic
 from upseg.losses import MultiScaleLoss
-from upseg.models import LowResSegmenter, build, method_name
+from upseg.models import (
+    DEFAULT_HEAD_INIT,
+    LowResSegmenter,
+    build,
+    method_name,
+    resolve_head_init,
+)
 from upseg.runtime import keep_freed_memory
 
 HEADS = ("plain", "skip", "none")
@@ -45,7 +51,7 @@ class TrainConfig:
     out: str
     backbone: str = "elunet"
     head: str = "plain"  # plain | skip | none
-    head_init: str = "default"  # default | upsample
+    head_init: str = DEFAULT_HEAD_INIT  # upsample | pytorch
     input_size: int = 16
     output_size: int | None = None  # default: the store's size R
     backbone_kwargs: dict = field(default_factory=dict)
@@ -73,6 +79,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+        # A baseline has no head to initialise: one value, so baselines never differ by it.
+        self.head_init = (
+            DEFAULT_HEAD_INIT if self.head == "none" else resolve_head_init(self.head_init)
+        )
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam, adamw or sgd")
         if self.epochs < 1 or self.batch_size < 1:

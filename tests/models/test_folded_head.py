@@ -16,10 +16,10 @@ def _random_head(num_classes: int, num_stages: int, skip: bool, init: str) -> Up
 @pytest.mark.parametrize(
     ("num_classes", "num_stages", "skip", "init"),
     [
-        (1, 1, False, "default"),
-        (4, 4, False, "default"),
+        (1, 1, False, "pytorch"),
+        (4, 4, False, "pytorch"),
         (4, 4, True, "upsample"),
-        (2, 3, True, "default"),
+        (2, 3, True, "pytorch"),
         (3, 5, False, "upsample"),
     ],
 )
@@ -37,7 +37,7 @@ def test_folded_head_equals_the_stages(num_classes, num_stages, skip, init, size
 
 def test_border_blocks_need_their_own_weights() -> None:
     """A single translation-invariant kernel would be wrong on the border blocks only."""
-    head = _random_head(2, 3, False, "default")
+    head = _random_head(2, 3, False, "pytorch")
     folded = fold_head(head)
     inner, first = folded.weight[INNER, INNER], folded.weight[FIRST, INNER]
     assert (inner - first).abs().max() > 1e-3
@@ -81,7 +81,7 @@ def test_export_holds_the_folded_head_with_the_nine_regions_it_uses(tmp_path) ->
 
 
 def test_folded_head_takes_the_heads_dtype_and_refuses_training() -> None:
-    head = _random_head(2, 2, False, "default").double()
+    head = _random_head(2, 2, False, "pytorch").double()
     folded = fold_head(head)
     assert folded.weight.dtype == torch.float64 and not folded.training
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)

@@ -56,10 +56,19 @@ def test_upsample_init_reproduces_nearest_upsampling(num_classes: int, skip: boo
         torch.testing.assert_close(output, expected, rtol=0, atol=1e-6)
 
 
-def test_default_init_is_not_nearest_upsampling() -> None:
+def test_pytorch_init_is_not_nearest_upsampling() -> None:
     logits = torch.randn(1, 2, 8, 8)
-    finest = UpscalingHead(2, 2)(logits)[-1]
+    finest = UpscalingHead(2, 2, init="pytorch")(logits)[-1]
     assert not torch.allclose(finest, F.interpolate(logits, scale_factor=4, mode="nearest"))
+
+
+def test_default_init_is_upsample_and_the_former_default_name_means_pytorch() -> None:
+    assert UpscalingHead(2, 2).init == "upsample"
+    logits = torch.randn(1, 2, 8, 8)
+    torch.testing.assert_close(
+        UpscalingHead(2, 2)(logits)[-1], F.interpolate(logits, scale_factor=4, mode="nearest")
+    )
+    assert UpscalingHead(2, 2, init="default").init == "pytorch"
 
 
 def test_upsample_init_trains_away_from_identity() -> None:

@@ -438,7 +438,8 @@ def load_bench_models(
             from upseg.train import load_run
 
             model, config, _ = load_run(spec, checkpoint)
-            name = f"{Path(spec).name} ({method_name(config.backbone, config.head)})"
+            label = method_name(config.backbone, config.head, config.head_init)
+            name = f"{Path(spec).name} ({label})"
             shape = (1, model.in_channels, model.input_size, model.input_size)
             entries.append(BenchModel(name, model, model.output_size, count_macs(model, shape)))
             continue

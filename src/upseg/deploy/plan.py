@@ -3,7 +3,7 @@
 Quality comes from a sweep (`sweep.csv`: mean scores per method and input size); latency
 comes from `upseg bench` on the target device (`bench.json`). Nothing is estimated: a
 configuration missing from either side is listed as such, never filled in. Latency does
-not depend on the weights' initialisation, so `elunet+plain:upsample` in a sweep takes the
+not depend on the weights' initialisation, so `elunet+plain:pytorch` in a sweep takes the
 bench figures of `elunet+plain` (and the other way round). A sweep scores fp32 models, so the
 timings of int8 runtimes (names ending in "int8") are left out unless asked for: their model
 is not the one the sweep scored (`upseg export --int8` reports its Dice).

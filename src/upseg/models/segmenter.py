@@ -8,18 +8,20 @@ import torch
 from torch import Tensor, nn
 
 from upseg.models.folded_head import FoldedHead
-from upseg.models.head import UpscalingHead
+from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead, resolve_head_init
 from upseg.models.registry import get_backbone_spec
 
 HeadKind = Literal["plain", "skip"] | None
 HEAD_KINDS: tuple[str | None, ...] = ("plain", "skip", None)
 
 
-def method_name(backbone: str, head: str | None, init: str = "default") -> str:
-    """'elunet' for a baseline, 'elunet+plain', 'elunet+skip:upsample' with a head."""
+def method_name(backbone: str, head: str | None, init: str = DEFAULT_HEAD_INIT) -> str:
+    """'elunet' for a baseline; 'elunet+plain', or 'elunet+plain:pytorch' for a head whose
+    initialisation is not the default."""
     if head in (None, "none"):
         return backbone
-    return f"{backbone}+{head}" + (f":{init}" if init != "default" else "")
+    init = resolve_head_init(init)
+    return f"{backbone}+{head}" + (f":{init}" if init != DEFAULT_HEAD_INIT else "")
 
 
 class LowResSegmenter(nn.Module):
@@ -113,7 +115,7 @@ def build(
     input_size: int,
     output_size: int | None = None,
     head: HeadKind | Literal["auto"] = "auto",
-    head_init: str = "default",
+    head_init: str = DEFAULT_HEAD_INIT,
     **backbone_kwargs,
 ) -> LowResSegmenter:
     """Build backbone + head. `backbone` is a registered name or any nn.Module that maps
