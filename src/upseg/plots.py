@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 # background black, then red, green, yellow, blue, magenta, cyan, ...
 CLASS_COLOURS = ["#000000", "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f032e6", "#42d4f4"]
@@ -96,6 +97,13 @@ def tradeoff_plot(
             )
     if log_x:
         ax.set_xscale("log")
+        values = sorted({p[x] for p in points})
+        if all(float(v).is_integer() for v in values) and len(values) <= 8:
+            ax.set_xticks(values, [f"{v:g}" for v in values])  # e.g. input sizes
+        else:
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
