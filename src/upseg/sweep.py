@@ -1,12 +1,12 @@
 """`upseg sweep`: methods x input sizes (x folds x seeds) -> the paper's tables and figures.
 
 A method is `backbone[+head[:init]]`: `elunet` (baseline), `elunet+plain`, `elunet+skip`
-(heads start as nearest up-sampling), `elunet+plain:pytorch` (PyTorch's initialisation, as in
-the paper), `unet`. Each run lives in OUT/runs/<name>; finished
-runs are skipped and interrupted ones resumed, so a sweep can span several sittings. Every
-run is scored with its last weights on its own validation patients (nothing is selected on
-the data that is reported); with --folds k the patients are split k ways and each run
-validates on one fold. Tables report mean and standard deviation over folds and seeds.
+(heads start as nearest up-sampling), `elunet+plain:pytorch` (PyTorch's initialisation, as
+in the paper), `unet`. Each run lives in OUT/runs/<name>; finished runs are skipped and
+interrupted ones resumed, so a sweep can span several sittings. Every run is scored with its
+last weights on its own validation patients (nothing is selected on the data that is
+reported); with --folds k the patients are split k ways and each run validates on one fold.
+Tables report mean and standard deviation over folds and seeds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ from tqdm import tqdm
 from upseg.data import SliceStore
 from upseg.errors import TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
-from upseg.models import DEFAULT_HEAD_INIT, get_backbone_spec, method_name, resolve_head_init
+from upseg.models import (
+    DEFAULT_HEAD_INIT,
+    HEAD_INITS,
+    get_backbone_spec,
+    method_name,
+    resolve_head_init,
+)
 from upseg.plots import curves_plot, tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
@@ -50,15 +56,12 @@ def parse_method(text: str) -> Method:
     head, _, init = rest.partition(":")
     get_backbone_spec(backbone)  # raises with the list of names
     head = head or "none"
-    try:
-        init = resolve_head_init(init or DEFAULT_HEAD_INIT)
-    except ValueError:
-        init = ""
-    if head not in ("none", "plain", "skip") or not init or (head == "none" and ":" in text):
+    known = ("", *HEAD_INITS, "default") if head != "none" else ("",)  # default: former name
+    if head not in ("none", "plain", "skip") or init not in known:
         raise ValueError(
             f"method {text!r} is not backbone[+plain|+skip[:pytorch]], e.g. elunet+plain:pytorch"
         )
-    return Method(backbone, head, init)
+    return Method(backbone, head, resolve_head_init(init or DEFAULT_HEAD_INIT))
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
