@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from upseg.demo import run_demo
 
 
@@ -28,3 +30,16 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
     )
     assert metrics.stat().st_mtime_ns == before  # finished runs are reused, not retrained
     assert again["rows"][1]["foreground_dice"] == head["foreground_dice"]
+
+
+def test_demo_refuses_a_folder_of_other_data(tmp_path: Path) -> None:
+    from upseg.demo import _store
+    from upseg.errors import TrainingError
+
+    small = {"num_patients": 2, "slices_per_patient": 2, "size": 64}
+    path = _store(tmp_path, None, None, small, progress=False)
+    manifest = (path / "manifest.json").read_bytes()
+    assert _store(tmp_path, None, None, small, progress=False) == path  # same data: reused
+    with pytest.raises(TrainingError, match="holds a demo of other data"):
+        _store(tmp_path, None, None, {**small, "num_patients": 3}, progress=False)
+    assert (path / "manifest.json").read_bytes() == manifest

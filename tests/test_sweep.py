@@ -156,3 +156,45 @@ def test_sweep_workers_time_limit_and_failed_runs(tmp_path: Path) -> None:
             **{**kwargs, "epochs": 2},
         )
     assert "the loss became" in str(error.value)
+
+
+def test_sweep_checks_everything_before_training(tmp_path: Path) -> None:
+    store = prepare(
+        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
+        tmp_path / "store",
+        progress=False,
+    )
+    small = {"backbone_kwargs": {"base_width": 4}}
+    kwargs = {"epochs": 1, "batch_size": 2, "progress": False, "extra": small}
+    out = tmp_path / "s"
+    with pytest.raises(ValueError, match="24"):  # 24 does not reach 64 by doubling
+        run_sweep(store, out, ["elunet+plain"], [16, 24], **kwargs)
+    assert not (out / "runs").exists()
+    with pytest.raises(ValueError, match="time limit"):
+        run_sweep(store, out, ["elunet"], [16], time_limit=-60, **kwargs)
+    # the same method under two spellings, and a repeated seed, make one run
+    report = run_sweep(
+        store, out, ["elunet+plain", "elunet+plain:upsample"], [16, 16], seeds=(0, 0), **kwargs
+    )
+    assert [(r["method"], r["runs"]) for r in report["rows"]] == [("elunet+plain", 1)]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["elunet+plain_r16_f0_s0"]
+
+
+def test_sweep_names_a_damaged_run_file(tmp_path: Path) -> None:
+    store = prepare(
+        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
+        tmp_path / "store",
+        progress=False,
+    )
+    args = ["--store", str(store), "--out", str(tmp_path / "s"), "--methods", "elunet"]
+    args += ["--resolutions", "16", "--epochs", "1", "--batch-size", "2", "--quiet"]
+    args += ["--backbone-kwargs", '{"base_width": 4}']
+    assert run_cli("sweep", *args).returncode == 0
+    run = tmp_path / "s" / "runs" / "elunet_r16_f0_s0"
+    (run / "evaluation" / "last_val.json").write_text("{not json")
+    result = run_cli("sweep", *args)
+    assert result.returncode == 1 and "last_val.json: damaged" in result.stderr, result.stderr
+    (run / "config.yaml").write_text("epochs: [1,\n")
+    result = run_cli("sweep", *args)
+    assert result.returncode == 1 and "config.yaml: not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr

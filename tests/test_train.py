@@ -322,3 +322,145 @@ def test_more_cli_errors(store: Path, tmp_path: Path) -> None:
     (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     corrupt = cli("evaluate", str(run))
     assert corrupt.returncode == 1 and "last.pt: cannot read the checkpoint" in corrupt.stderr
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"lr": -1.0},
+        {"lr": float("nan")},
+        {"weight_decay": -1.0},
+        {"workers": -1},
+        {"loss": "focal"},
+        {"epochs": "ten"},
+        {"flips": "maybe"},
+        {"max_steps_per_epoch": 0},
+        {"folds": 1},
+        {"device": "gpu7"},
+        {"backbone_kwargs": []},
+    ],
+)
+def test_bad_settings_are_refused_before_a_run_folder_exists(
+    settings: dict, store: Path, tmp_path: Path
+) -> None:
+    key = next(iter(settings))
+    with pytest.raises(ValueError, match=key):
+        config(store, tmp_path / "run", **settings)
+    lines = [f"{k}: {json.dumps(v)}" for k, v in {**TINY, **settings}.items()]
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("\n".join(lines).replace("NaN", ".nan") + "\n")
+    run = tmp_path / "run"
+    result = cli("train", "--config", str(settings_file), "--store", str(store), "--out", str(run))
+    assert result.returncode == 2 and key in result.stderr, result.stderr
+    assert not run.exists()
+
+
+def test_unknown_backbone_keyword_is_a_usage_error(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = cli(
+        "train", "--store", str(store), "--out", str(run), "--backbone-kwargs", '{"nope": 4}'
+    )
+    assert result.returncode == 2 and "nope" in result.stderr, result.stderr
+    assert not run.exists()
+
+
+def test_run_folders_move_and_copy(store: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative_store = os.path.relpath(store, tmp_path)
+    original = tmp_path / "runs" / "original"
+    train(config(relative_store, "runs/original", epochs=1), progress=False)
+    saved = yaml.safe_load((original / "config.yaml").read_text())
+    assert Path(saved["store"]).is_absolute() and saved["store_id"]
+    # A copy resumes in the copy (here to a second epoch); the original stays as it was.
+    copy = tmp_path / "elsewhere" / "copy"
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-r", str(original), str(copy)], check=True)
+    (copy / "config.yaml").write_text(yaml.safe_dump({**saved, "epochs": 2}))
+    before = (original / "checkpoints" / "last.pt").read_bytes()
+    monkeypatch.chdir(copy.parent)
+    result = cli("train", "--resume", "copy", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert [m["epoch"] for m in metrics(copy)] == [1, 2]
+    assert [m["epoch"] for m in metrics(original)] == [1]
+    assert (original / "checkpoints" / "last.pt").read_bytes() == before
+    evaluated = cli("evaluate", "copy", "--quiet")  # from another folder than the run's
+    assert evaluated.returncode == 0, evaluated.stderr
+
+
+def test_runs_refuse_another_store(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(store, run, epochs=1), progress=False)
+    assert cli("evaluate", str(run), "--quiet").returncode == 0
+    scores = (run / "evaluation" / "last_val.json").read_bytes()
+    other = prepare(
+        PhantomReader(size=64, num_patients=5, slices_per_patient=8, seed=3),
+        tmp_path / "other",
+        progress=False,
+    )
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "store": str(other)}))
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
+        result = cli(*argv)
+        assert result.returncode == 1, result.stderr
+        assert "is not the one this run was trained on" in result.stderr
+    assert (run / "evaluation" / "last_val.json").read_bytes() == scores
+    # A run from before store fingerprints: classes, modalities and size are still checked.
+    renamed = prepare(
+        PhantomReader(size=64, num_patients=5, slices_per_patient=8),
+        tmp_path / "s2",
+        progress=False,
+    )
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    manifest["modalities"] = ["a", "b", "c", "d"]
+    (renamed / "manifest.json").write_text(json.dumps(manifest))
+    del saved["store_id"]
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "store": str(renamed)}))
+    for name in ("last", "best"):
+        state = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)
+        del state["config"]["store_id"]
+        torch.save(state, run / "checkpoints" / f"{name}.pt")
+    result = cli("evaluate", str(run))
+    assert result.returncode == 1 and "has modalities" in result.stderr, result.stderr
+
+
+def test_damaged_run_files_are_named(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(store, run, epochs=1), progress=False)
+    saved_text = (run / "config.yaml").read_text()
+    saved = yaml.safe_load(saved_text)
+    for text, message in (
+        ("", "expected a mapping"),
+        ("epochs: [1,\n", "not valid YAML"),
+        (yaml.safe_dump({**saved, "epochs": "ten"}), "epochs"),
+        (
+            yaml.safe_dump({**saved, "epochs": 2, "backbone_kwargs": {"base_width": 8}}),
+            "do not fit the model",
+        ),
+    ):
+        (run / "config.yaml").write_text(text)
+        result = cli("train", "--resume", str(run))
+        assert result.returncode == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert "config.yaml" in result.stderr or "last.pt" in result.stderr
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "epochs": 2}))
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_lo\n')
+    result = cli("train", "--resume", str(run))
+    assert result.returncode == 1 and "metrics.jsonl: line 1" in result.stderr, result.stderr
+
+
+def test_train_does_not_overwrite_a_foreign_config(store: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    mine = f"# my notes\nstore: {store}\nepochs: 1\nbatch_size: 4\n"
+    (folder / "config.yaml").write_text(mine)
+    result = cli("train", "--config", str(folder / "config.yaml"), "--out", str(folder))
+    assert result.returncode == 1 and "not a run folder" in result.stderr, result.stderr
+    assert (folder / "config.yaml").read_text() == mine
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(store: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli("train", "--store", str(store), "--out", str(tmp_path / "r"), "--device", "cuda")
+    assert result.returncode == 2 and "no CUDA device" in result.stderr, result.stderr
+    assert not (tmp_path / "r").exists()

@@ -229,7 +229,8 @@ def _train_config(args: argparse.Namespace):
         try:
             loaded = yaml.safe_load(args.config.read_text()) or {}
         except yaml.YAMLError as error:
-            raise ValueError(f"{args.config}: not valid YAML ({error})") from None
+            reason = " ".join(str(error).split())
+            raise ValueError(f"{args.config}: not valid YAML ({reason})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.config}: expected a mapping of settings")
         values.update(loaded)
@@ -275,19 +276,16 @@ TRAIN_FLAGS = (
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from upseg.train import TrainConfig, train
+    from upseg.train import read_run_config, train
 
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in TRAIN_FLAGS if getattr(args, k) is not None]
         if given or args.config:
             extra = " ".join(given) or "--config"
             args.parser.error(f"--resume continues a run with its own settings; drop {extra}")
-        saved = args.resume / "config.yaml"
-        if not saved.is_file():
+        if not (args.resume / "config.yaml").is_file():
             raise TrainingError(f"{args.resume}: nothing to resume (no config.yaml)")
-        config = TrainConfig.from_dict(yaml.safe_load(saved.read_text()))
+        config = read_run_config(args.resume)  # trains on in this folder, wherever it is now
     else:
         config = _train_config(args)
     record = train(config, resume=args.resume is not None, progress=not args.quiet)
@@ -591,6 +589,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -816,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="a second run (e.g. the baseline) shown beside this one",
     )
-    evaluate.add_argument("--num-slices", type=int, default=4, help="rows in the figure")
+    evaluate.add_argument("--num-slices", type=_positive_int, default=4, help="rows in the figure")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -9,6 +9,7 @@ unfinished ones.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from upseg.data import (
     SliceStore,
 )
 from upseg.data import prepare as prepare_store
+from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.latency import end_to_end_latency_ms
@@ -43,9 +45,21 @@ COLUMNS = (
 
 def _store(out: Path, data: Path | None, fmt: str | None, phantom: dict, progress: bool) -> Path:
     path = out / ("store-phantom" if data is None else f"store-{fmt}")
-    if (path / "manifest.json").is_file():
-        return path
     reader = PhantomReader(**phantom) if data is None else READERS[fmt](data)
+    if (path / "manifest.json").is_file():  # reuse it only if it holds the data asked for
+        provenance = SliceStore(path).manifest.get("provenance", {})
+        wanted = {
+            "source": str(getattr(reader, "root", None)),
+            "reader_options": json.loads(json.dumps(reader.options)),
+        }
+        found = {key: provenance.get(key) for key in wanted}
+        if found != wanted:
+            raise TrainingError(
+                f"{out}: holds a demo of other data ({found['source']}, options "
+                f"{found['reader_options']}); its runs belong to that data, so choose another "
+                "--out for this one"
+            )
+        return path
     return prepare_store(reader, path, force=path.exists(), progress=progress, command="upseg demo")
 
 

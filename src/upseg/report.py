@@ -12,7 +12,14 @@ from upseg.evaluate import score
 from upseg.io import write_csv, write_json
 from upseg.plots import qualitative_grid
 from upseg.resize import downsample_labels, stretch_logits
-from upseg.train import TrainConfig, load_run, method_label, split_patients
+from upseg.train import (
+    TrainConfig,
+    check_run_store,
+    load_run,
+    method_label,
+    open_run_store,
+    split_patients,
+)
 
 SCORE_KEYS = ("paper_dice", "paper_jaccard", "dice", "jaccard")
 
@@ -73,6 +80,8 @@ def figure(
     loaded = [load_run(r, checkpoint) for r in runs]
     config = loaded[-1][1]
     store = SliceStore(config.store)
+    for r, (_, cfg, state) in zip(runs, loaded, strict=True):  # both read this store
+        check_run_store(cfg, state, r, store)
     patients = _patients(config, store, split)
     indices = store.indices(patients=patients)
     foreground = (np.asarray(store.masks[indices]) > 0).sum((1, 2))
@@ -128,7 +137,7 @@ def evaluate_run(
 ) -> list[Path]:
     run = Path(run)
     model, config, state = load_run(run, checkpoint)
-    store = SliceStore(config.store)
+    store = open_run_store(config, state, run)
     dataset = run_dataset(config, store, split)
     scores = score(
         model.to(device),
@@ -142,6 +151,16 @@ def evaluate_run(
     out = run / "evaluation"
     out.mkdir(exist_ok=True)
     stem = f"{checkpoint}_{split}"
+    figure_path = None
+    if figures:  # first: a run to compare against that does not fit stops before any writing
+        figure_path = figure(
+            run,
+            Path(against) if against else None,
+            checkpoint,
+            split,
+            num_slices,
+            out / f"{stem}_figure.png",
+        )
     meta = {
         "run": str(run),
         "method": method_label(config),
@@ -175,15 +194,6 @@ def evaluate_run(
             f"{scores['foreground_dice']:.4f}, paper-style Jaccard "
             f"{scores['paper_jaccard']:.4f}"
         )
-    if figures:
-        written.append(
-            figure(
-                run,
-                Path(against) if against else None,
-                checkpoint,
-                split,
-                num_slices,
-                out / f"{stem}_figure.png",
-            )
-        )
+    if figure_path is not None:
+        written.append(figure_path)
     return written

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from upseg.data import SliceStore
-from upseg.errors import TrainingError
+from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import (
     DEFAULT_HEAD_INIT,
@@ -37,7 +37,15 @@ from upseg.models import (
 from upseg.plots import curves_plot, tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
-from upseg.train import TrainConfig, build_model, resolve_device, run_state, train_or_resume
+from upseg.train import (
+    TrainConfig,
+    build_model,
+    read_metrics,
+    resolve_device,
+    run_state,
+    store_fingerprint,
+    train_or_resume,
+)
 
 
 @dataclass(frozen=True)
@@ -96,18 +104,30 @@ def run_sweep(
     starts; runs in flight finish) still holds whole rounds first. `workers` > 1 trains that
     many runs at once in separate processes (several small runs can share one GPU).
     A run that fails (say, its loss turns NaN) is reported and left out; the others go on."""
-    parsed = [parse_method(m) for m in methods]  # refuse a bad method before any work
+    parsed = list(dict.fromkeys(parse_method(m) for m in methods))  # bad ones fail here
+    resolutions, seeds = list(dict.fromkeys(resolutions)), tuple(dict.fromkeys(seeds))
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if time_limit is not None and not time_limit >= 0:
+        raise ValueError(f"the time limit must be zero or more minutes, not {time_limit}")
     out, store = Path(out), Path(store)
     slices = SliceStore(store)
+    store_id = store_fingerprint(slices)
+    for method in parsed:  # a size the model cannot take stops the sweep before any training
+        for r in resolutions:
+            if not (method.head == "skip" and slices.size < 8 * r):
+                build_model(_config(store, out, method, r, folds, 0, 0, epochs, 1, extra), slices)
     for method in parsed:
         if method.head == "skip":
             for r in resolutions:
                 if slices.size < 8 * r:
                     print(f"skipped {method.name} at {r}: the skip head needs R >= 8 r")
     jobs = [
-        (method, r, _config(store, out, method, r, folds, fold, seed, epochs, batch_size, extra))
+        (
+            method,
+            r,
+            _config(store, out, method, r, folds, fold, seed, epochs, batch_size, extra, store_id),
+        )
         for seed in seeds
         for fold in range(max(folds, 1))
         for method in parsed
@@ -165,6 +185,7 @@ def _config(
     epochs: int,
     batch_size: int,
     extra: dict | None,
+    store_id: str | None = None,
 ) -> TrainConfig:
     name = f"{method.name.replace(':', '-')}_r{r}_f{fold}_s{seed}"
     return TrainConfig(
@@ -179,6 +200,7 @@ def _config(
         seed=seed,
         folds=folds,
         fold=fold,
+        store_id=store_id,
         **(extra or {}),
     )
 
@@ -197,14 +219,20 @@ def _run_job(config: TrainConfig, deadline: float | None, threads: int | None) -
         evaluation = run / "evaluation" / "last_val.json"
         if not evaluation.is_file():
             evaluate_run(run, progress=False, device=resolve_device(config.device))
-    except TrainingError as error:
+        log = read_metrics(run / "metrics.jsonl")
+        try:
+            scores = json.loads(evaluation.read_text())["scores"]
+        except (ValueError, KeyError, TypeError):
+            raise TrainingError(
+                f"{evaluation}: damaged; remove it and run the sweep again to re-score the run"
+            ) from None
+    except (TrainingError, DataError) as error:
         return str(error)
-    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {
         "fold": config.fold,
         "seed": config.seed,
         "status": status,
-        "scores": json.loads(evaluation.read_text())["scores"],
+        "scores": scores,
         "train_seconds": sum(x["train_seconds"] for x in log),
         "curve": [x["val"]["foreground_dice"] for x in log],
         "config": dataclasses.asdict(config),

@@ -14,10 +14,13 @@ CPU, nccl on GPU); rank 0 validates and writes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from upseg.data import LowResPairs, SliceStore
 from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import write_text_atomic
-from upseg.losses import MultiScaleLoss
+from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS, TARGET_RESIZES, MultiScaleLoss
 from upseg.models import (
     DEFAULT_HEAD_INIT,
     LowResSegmenter,
@@ -40,9 +43,11 @@ from upseg.models import (
     method_name,
     resolve_head_init,
 )
+from upseg.resize import DOWNSAMPLE_MODES
 from upseg.runtime import keep_freed_memory
 
 HEADS = ("plain", "skip", "none")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass
@@ -76,19 +81,49 @@ class TrainConfig:
     split_seed: int = 0  # the fold partition; separate from `seed` so seeds share folds
     max_steps_per_epoch: int | None = None
 
+    store_id: str | None = None  # fingerprint of the store the run trains on (store_fingerprint)
+
     def __post_init__(self) -> None:
+        self.store, self.out = str(self.store), str(self.out)  # Path objects welcome
+        _check_types(self)
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
         # A baseline has no head to initialise: one value, so baselines never differ by it.
         self.head_init = (
             DEFAULT_HEAD_INIT if self.head == "none" else resolve_head_init(self.head_init)
         )
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam, adamw or sgd")
+        for key, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("loss", BASE_LOSSES),
+            ("target_resize", TARGET_RESIZES),
+            ("stage_weights", STAGE_WEIGHTS),
+            ("downsample", DOWNSAMPLE_MODES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of {allowed}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, not {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be zero or positive, not {self.weight_decay}")
+        for key in ("input_size", "output_size", "max_steps_per_epoch"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be at least 1, not {value}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be zero or more, not {self.workers}")
+        if self.folds < 0 or self.folds == 1:
+            raise ValueError(f"folds must be 0 (the store's split) or at least 2, not {self.folds}")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(
+                    f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N"
+                ) from None
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -96,7 +131,64 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in values
+            and (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        )
+        if missing:
+            raise ValueError(f"missing configuration keys {missing}")
         return cls(**values)
+
+
+def _type_fits(value: object, hint: object) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_fits(value, part) for part in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(hint) or hint)  # type: ignore[arg-type]
+
+
+def _check_types(config: TrainConfig) -> None:
+    """A ValueError naming the first setting whose value has the wrong type (e.g. a YAML
+    config with `epochs: ten` or `flips: maybe`)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _type_fits(value, hints[f.name]):
+            expected = str(hints[f.name]).replace("<class '", "").replace("'>", "")
+            raise ValueError(f"setting {f.name} must be {expected}, not {value!r}")
+
+
+def store_fingerprint(store: SliceStore) -> str:
+    """A short hash of what a run's data is: patients and their slices, split, size,
+    classes, modalities and format. A store prepared again from the same data with the same
+    settings keeps it; the folder it lives in does not count."""
+    manifest = store.manifest
+    content = {
+        "format": manifest.get("format"),
+        "size": manifest.get("size"),
+        "num_slices": manifest.get("num_slices"),
+        "class_names": manifest.get("class_names"),
+        "modalities": manifest.get("modalities"),
+        "patients": [(p.get("id"), p.get("start"), p.get("count")) for p in manifest["patients"]],
+        "split": manifest.get("split"),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_store(config: TrainConfig, store: SliceStore, run: str | Path) -> None:
+    """A TrainingError when `store` is not the store the run at `run` was trained on."""
+    if config.store_id is not None and config.store_id != store_fingerprint(store):
+        raise TrainingError(
+            f"{run}: the store {store.path} is not the one this run was trained on (other "
+            "patients, split, size, classes or modalities); point the run at its own store"
+        )
 
 
 def fold_patients(patient_ids: list[str], folds: int, fold: int, seed: int) -> list[str]:
@@ -123,7 +215,13 @@ def method_label(config: TrainConfig) -> str:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but this machine has no CUDA device")
+    return device
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -143,18 +241,45 @@ def load_checkpoint(path: str | Path) -> dict:
 
 # where and how fast a run trains, not what it trains: a run may resume under other values
 EXECUTION_SETTINGS = ("device", "workers")
+# where the run and its store live: a run folder (or its store) may move; store_id says
+# whether the data is the same
+LOCATION_SETTINGS = ("out", "store", "store_id")
+
+
+def read_run_config(run: str | Path) -> TrainConfig:
+    """The TrainConfig saved in RUN/config.yaml, with `out` set to `run` (where the folder is
+    now); a TrainingError naming the file when it is missing or damaged."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise TrainingError(f"{run}: no config.yaml; is this a run folder?")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())
+        raise TrainingError(f"{path}: not valid YAML ({reason})") from None
+    if not isinstance(values, dict):
+        found = type(values).__name__
+        raise TrainingError(f"{path}: expected a mapping of settings, found {found}")
+    try:
+        config = TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise TrainingError(f"{path}: {error}") from None
+    config.out = str(run)
+    return config
 
 
 def changed_settings(run: Path, config: TrainConfig) -> list[str]:
     """Settings in which the run saved at `run` differs from `config` (settings added to
-    upseg since that run count with their defaults; EXECUTION_SETTINGS do not count)."""
-    saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    try:
-        saved = dataclasses.asdict(TrainConfig.from_dict(saved))
-    except (TypeError, ValueError):
-        return ["config.yaml"]
+    upseg since that run count with their defaults; EXECUTION_SETTINGS and the locations do
+    not count; the store's fingerprint counts where both sides know it)."""
+    saved = dataclasses.asdict(read_run_config(run))
     wanted = dataclasses.asdict(config)
-    return sorted(k for k in wanted if k not in EXECUTION_SETTINGS and saved.get(k) != wanted[k])
+    ignored = (*EXECUTION_SETTINGS, *LOCATION_SETTINGS)
+    changed = [k for k in wanted if k not in ignored and saved.get(k) != wanted[k]]
+    ids = (saved["store_id"], wanted["store_id"])
+    if None not in ids and ids[0] != ids[1]:
+        changed.append("store (other data)")
+    return sorted(changed)
 
 
 def run_state(config: TrainConfig) -> str:
@@ -169,9 +294,27 @@ def run_state(config: TrainConfig) -> str:
             f"{run}: holds a run with other settings ({', '.join(changed)}); "
             "use another output folder or remove it"
         )
-    metrics = run / "metrics.jsonl"
-    done = metrics.is_file() and metrics.read_text().count("\n") >= config.epochs
+    done = len(read_metrics(run / "metrics.jsonl")) >= config.epochs
     return "finished" if done else "partial"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl ([] when it is missing); a TrainingError naming the file
+    and line when one is damaged."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            records.append(record)
+            int(record["epoch"])
+        except (ValueError, TypeError, KeyError):
+            raise TrainingError(
+                f"{path}: line {number} is not an epoch record; the file is damaged (the "
+                "checkpoints hold the last epoch's record: remove the damaged lines and resume)"
+            ) from None
+    return records
 
 
 def train_or_resume(config: TrainConfig, progress: bool = True) -> str:
@@ -203,16 +346,22 @@ def model_for(
     num_classes = len(class_names)
     if config.loss == "bce":
         num_classes = 1
-    return build(
-        config.backbone,
-        len(modalities),
-        num_classes,
-        config.input_size,
-        config.output_size or size,
-        head=None if config.head == "none" else config.head,
-        head_init=config.head_init,
-        **config.backbone_kwargs,
-    )
+    try:
+        return build(
+            config.backbone,
+            len(modalities),
+            num_classes,
+            config.input_size,
+            config.output_size or size,
+            head=None if config.head == "none" else config.head,
+            head_init=config.head_init,
+            **config.backbone_kwargs,
+        )
+    except TypeError as error:  # a keyword the backbone does not take, or a wrong type
+        raise ValueError(
+            f"backbone {config.backbone!r} cannot be built with backbone_kwargs "
+            f"{config.backbone_kwargs}: {error}"
+        ) from None
 
 
 class Trainer:
@@ -236,6 +385,8 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.store = SliceStore(config.store)
+        check_store(config, self.store, self.run_dir)
+        config.store_id = store_fingerprint(self.store)
         self._datasets()
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.store).to(self.device)
@@ -276,10 +427,15 @@ class Trainer:
                     f"{self.run_dir}: a run already exists here; use --resume to continue it "
                     "or choose another --out"
                 )
+            if (self.run_dir / "config.yaml").exists() and not checkpoints.is_dir():
+                raise TrainingError(
+                    f"{self.run_dir}: holds a config.yaml but is not a run folder; choose "
+                    "another --out (upseg would overwrite that file)"
+                )
             checkpoints.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(
-                yaml.safe_dump(dataclasses.asdict(self.config), sort_keys=False)
-            )
+            saved = dataclasses.asdict(self.config)
+            saved["store"] = str(Path(self.config.store).resolve())  # found from any folder
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(saved, sort_keys=False))
 
     def _datasets(self) -> None:
         config = self.config
@@ -311,19 +467,19 @@ class Trainer:
         return kind(params, config.lr, weight_decay=config.weight_decay)
 
     def _load_last(self) -> None:
-        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt")
-        self.model.load_state_dict(state["model"])
+        path = self.run_dir / "checkpoints" / "last.pt"
+        state = load_checkpoint(path)
+        load_weights(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch = self.saved_epoch = int(state["epoch"])
         self.best_score = float(state["best_score"])
         if self.main:  # the log must end at the checkpoint's epoch: trim or complete it
             metrics = self.run_dir / "metrics.jsonl"
-            lines = metrics.read_text().splitlines() if metrics.is_file() else []
-            kept = [line for line in lines if json.loads(line)["epoch"] <= self.start_epoch]
-            behind = not kept or json.loads(kept[-1])["epoch"] < self.start_epoch
+            kept = [x for x in read_metrics(metrics) if x["epoch"] <= self.start_epoch]
+            behind = not kept or kept[-1]["epoch"] < self.start_epoch
             if behind and "record" in state:
-                kept.append(json.dumps(state["record"]))
-            write_text_atomic(metrics, "".join(f"{x}\n" for x in kept))
+                kept.append(state["record"])
+            write_text_atomic(metrics, "".join(f"{json.dumps(x)}\n" for x in kept))
 
     # -- the loop ------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
@@ -480,12 +636,56 @@ def load_run(
     if not path.is_file():
         raise TrainingError(f"{run_dir}: no checkpoints/{checkpoint}.pt; is this a run folder?")
     state = load_checkpoint(path)
-    config = TrainConfig.from_dict(state["config"])
+    try:
+        config = TrainConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise TrainingError(f"{path}: unusable configuration in the checkpoint ({error})") from None
+    config.out = str(run_dir)
+    if (run_dir / "config.yaml").is_file():  # its store: may have been edited after a move
+        config.store = read_run_config(run_dir).store
     if "data" in state:
         model = model_for(
             config, state["class_names"], state["modalities"], int(state["data"]["size"])
         )
     else:
         model = build_model(config, SliceStore(config.store))
-    model.load_state_dict(state["model"])
+    load_weights(model, state, path)
     return model.eval(), config, state
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load a checkpoint's weights; a TrainingError naming it when they belong to another
+    model (say, config.yaml was edited to another backbone)."""
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise TrainingError(
+            f"{path}: the weights do not fit the model that the run's configuration builds "
+            f"({first})"
+        ) from None
+
+
+def open_run_store(config: TrainConfig, state: dict, run: str | Path) -> SliceStore:
+    """The store of a run, checked with check_run_store."""
+    store = SliceStore(config.store)
+    check_run_store(config, state, run, store)
+    return store
+
+
+def check_run_store(config: TrainConfig, state: dict, run: str | Path, store: SliceStore) -> None:
+    """A TrainingError unless `store` is what the run was trained on: its fingerprint where
+    the run recorded one, else the classes, modalities and size in its checkpoint."""
+    check_store(config, store, run)
+    recorded = {
+        "classes": state.get("class_names"),
+        "modalities": state.get("modalities"),
+        "size": (state.get("data") or {}).get("size"),
+    }
+    found = {"classes": store.class_names, "modalities": store.modalities, "size": store.size}
+    for key, value in recorded.items():
+        if value is not None and value != found[key]:
+            raise TrainingError(
+                f"{run}: the store {store.path} has {key} {found[key]}, the run was trained "
+                f"with {value}; point the run at its own store"
+            )
