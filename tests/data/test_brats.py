@@ -190,3 +190,16 @@ def test_cropping_that_would_cut_tumour_is_refused(tmp_path: Path) -> None:
         BratsReader(tmp_path, size=256).read(case)
     assert info.value.path == str(case / "Brats18_Big_1_seg.nii.gz")
     assert "cropping would cut 72 labelled voxels; pass --size 320" in info.value.problem
+
+
+def test_segmentation_of_another_shape_is_blamed_on_the_seg_file(case: Path) -> None:
+    write_nifti(case / "Brats18_X_1_seg.nii.gz", np.zeros((240, 240, 5), np.int16))
+    message = read_error(case)
+    assert message.startswith(str(case / "Brats18_X_1_seg.nii.gz"))
+    assert "shape (240, 240, 5) differs from the images' (240, 240, 6)" in message
+
+
+def test_empty_modality(case: Path) -> None:
+    write_nifti(case / "Brats18_X_1_t1ce.nii.gz", np.zeros(BRATS_SHAPE, np.int16))
+    message = read_error(case)
+    assert "Brats18_X_1_t1ce.nii.gz: every voxel is zero" in message

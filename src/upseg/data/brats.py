@@ -48,6 +48,25 @@ def frame_slices(images: np.ndarray, keep: np.ndarray, size: int) -> tuple[np.nd
     return pad_or_crop(np.moveaxis(images[..., keep], -1, 0), size)
 
 
+def check_volumes(
+    volumes: list[np.ndarray], seg: np.ndarray, paths: list[Path], seg_path: Path
+) -> None:
+    """DataError naming the odd file out: a modality or the segmentation whose shape differs
+    from the one most files of the case share (the segmentation's on a tie), or a modality
+    that is zero everywhere (an empty export)."""
+    shapes = [volume.shape for volume in volumes] + [seg.shape]
+    common = max(set(shapes), key=lambda shape: (shapes.count(shape), shape == seg.shape))
+    for volume, path in zip(volumes, paths, strict=True):
+        if volume.shape != common:
+            whose = "the segmentation's" if common == seg.shape else "the other modalities'"
+            raise DataError(path, f"shape {volume.shape} differs from {whose} {common}")
+    if seg.shape != common:
+        raise DataError(seg_path, f"shape {seg.shape} differs from the images' {common}")
+    for volume, path in zip(volumes, paths, strict=True):
+        if not volume.any():
+            raise DataError(path, "every voxel is zero: an empty image")
+
+
 def outside_frame(volume: np.ndarray, size: int) -> int:
     """How many non-zero voxels of (X, Y, Z) `volume` fall outside the centred size x size
     frame of pad_or_crop."""
@@ -153,15 +172,8 @@ class BratsReader:
         seg, affine, spacing = load_nifti(paths["seg"])
         if seg.ndim != 3:
             raise DataError(paths["seg"], f"expected a 3-D volume, got shape {seg.shape}")
-        volumes = []
-        for name in self.modalities:
-            volume = load_nifti(paths[name])[0]
-            if volume.shape != seg.shape:
-                raise DataError(
-                    paths[name],
-                    f"shape {volume.shape} differs from the segmentation's {seg.shape}",
-                )
-            volumes.append(volume)
+        volumes = [load_nifti(paths[name])[0] for name in self.modalities]
+        check_volumes(volumes, seg, [paths[name] for name in self.modalities], paths["seg"])
         classes = map_labels(seg, LABEL_TO_CLASS, paths["seg"])
         images, brain = normalise(volumes)
         check_crop(classes, brain, self.size, paths["seg"], case_dir)
