@@ -156,6 +156,7 @@ def test_channel_mismatch_across_patients_names_the_file(tmp_path: Path) -> None
         ({"values": {}}, "--values maps no pixel value"),
         ({"size": 0}, r"size \(--size\) must be between 1 and"),
         ({"size": 64.0}, r"size \(--size\) must be an integer"),
+        ({"class_names": ["a", "b", "c"]}, "--class-names gives 3 names for the 2 classes"),
     ],
 )
 def test_bad_options(tmp_path: Path, options: dict, message: str) -> None:

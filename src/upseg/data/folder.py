@@ -129,7 +129,9 @@ class FolderReader:
             )
         if len(class_names) != num_classes:
             raise ValueError(
-                f"{len(class_names)} class names for {num_classes} classes in the value map"
+                f"--class-names gives {len(class_names)} names for the {num_classes} classes "
+                f"of --values {','.join(f'{k}:{v}' for k, v in self.values.items())} "
+                f"(classes 0..{num_classes - 1})"
             )
         self.class_names = tuple(class_names)
         self.patient_regex = compile_patient_regex(patient_regex) if patient_regex else None
