@@ -157,3 +157,11 @@ def test_malformed_dataset_json(task: Path, changes: dict, message: str) -> None
 def test_bad_size(task: Path) -> None:
     with pytest.raises(ValueError, match=r"size \(--size\) must be between 1 and"):
         DecathlonReader(task, size=0)
+
+
+def test_empty_image(task: Path) -> None:
+    image = np.zeros((24, 20, 5, 2), np.float32)
+    image[..., 1] = 1  # ADC present, T2 blank
+    write_nifti(task / "imagesTr" / "prostate_01.nii.gz", image)
+    assert "prostate_01.nii.gz: modality T2 is zero everywhere" in error_of(task)
+    DecathlonReader(task, size=32, modality="ADC").read(DecathlonReader(task).items()[1])

@@ -165,6 +165,8 @@ class DecathlonReader:
         image, affine, spacing = load_nifti(image_path)
         labels = load_nifti(label_path)[0]
         image = select_modality(image, self.modality_index, self.modalities[0], image_path)
+        if not image.any():
+            raise DataError(image_path, f"modality {self.modalities[0]} is zero everywhere")
         if labels.shape != image.shape:
             raise DataError(
                 label_path, f"shape {labels.shape} differs from the image's {image.shape}"
