@@ -9,6 +9,8 @@ DIR/lowres/         images at input size r, computed once per (r, downsampling)
 
 `prepare` writes everything into a hidden sibling folder and renames it into place at the
 end: an interrupted run leaves no folder that looks complete, and a re-run starts afresh.
+Opening a store checks manifest.json and every array against it (readable, shape, dtype,
+mask values within the classes): damage is a DataError naming the file.
 """
 
 from __future__ import annotations
