@@ -92,3 +92,35 @@ def test_wrong_flags(argv: list[str], message: str) -> None:
     result = run(*argv)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["x", "--format", "folder", "--patient-regex", "("], "--patient-regex '(' is not a valid"),
+        (["x", "--format", "folder", "--values", "0:0,255:-1"], "--values: class -1"),
+        (["x", "--format", "folder", "--values", "0:0,255:300"], "--values: class 300"),
+        (["x", "--format", "folder", "--values=-1:0,255:1"], "--values: pixel value -1"),
+        (["x", "--format", "folder", "--size", "0"], "(--size) must be between 1 and"),
+        (["x", "--format", "decathlon", "--size", "0"], "(--size) must be between 1 and"),
+        (["x", "--format", "brats", "--size", "-8"], "(--size) must be between 1 and"),
+        (["--format", "phantom", "--size", "0"], "(--size) must be between 1 and"),
+        (["--format", "phantom", "--size", "-8"], "(--size) must be between 1 and"),
+        (["--format", "phantom", "--size", "100000"], "(--size) must be between 1 and"),
+        (["--format", "phantom", "--patients", "0"], "(--patients) must be an integer >= 2"),
+        (["--format", "phantom", "--slices-per-patient", "0"], "(--slices-per-patient) must be"),
+        (["--format", "phantom", "--seed", "-1"], "(--seed) must be a non-negative integer"),
+        # checked before the (missing) folder is looked at: a usage error, not a data error
+        (["x", "--format", "folder", "--val-fraction", "1"], "(--val-fraction) must be in [0, 1)"),
+        (["x", "--format", "brats", "--val-fraction", "nan"], "(--val-fraction) must be in"),
+    ],
+)
+def test_bad_flag_values_exit_2_and_write_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("prepare", *flags, "--out", "store")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert list(tmp_path.iterdir()) == []

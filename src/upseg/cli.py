@@ -188,17 +188,16 @@ def _make_reader(args: argparse.Namespace, parser: argparse.ArgumentParser):
         )
     if args.source is not None:
         parser.error("--format phantom takes no SOURCE: it is generated")
-    return data.PhantomReader(
-        **size,
-        num_patients=args.patients or 12,
-        slices_per_patient=args.slices_per_patient or 24,
-        seed=args.seed,
-    )
+    counts = {"num_patients": args.patients, "slices_per_patient": args.slices_per_patient}
+    counts = {k: v for k, v in counts.items() if v is not None}  # 0 is refused, not a default
+    return data.PhantomReader(**size, **counts, seed=args.seed)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from upseg.data import SliceStore, prepare
+    from upseg.data.store import check_split_options
 
+    check_split_options(0 if args.val_fraction is None else args.val_fraction, args.seed)
     reader = _make_reader(args, args.parser)
     out = prepare(
         reader,

@@ -144,3 +144,62 @@ def test_real_store_split_is_patient_disjoint_and_stable(shared_data: Path, tmp_
     assert first.class_names == ["background", "NCR", "ED", "ET"]
     patients_in_val = {int(k) for k in first.slices[first.indices("val"), 0]}
     assert [first.manifest["patients"][k]["id"] for k in patients_in_val] == val
+
+
+def test_4d_segmentation_is_blamed_on_the_seg_file(case: Path) -> None:
+    seg = nib.load(case / "Brats18_X_1_seg.nii.gz")
+    write_nifti(case / "Brats18_X_1_seg.nii.gz", np.asarray(seg.dataobj)[..., None])
+    message = read_error(case)
+    assert message.startswith(str(case / "Brats18_X_1_seg.nii.gz"))
+    assert "expected a 3-D volume, got shape (240, 240, 6, 1)" in message
+
+
+def big_case(root: Path, tumour_at: tuple[int, int]) -> Path:
+    """A case with 300 x 300 slices: brain in the middle, a small tumour at `tumour_at`."""
+    shape = (300, 300, 4)
+    brain = np.zeros(shape, np.int16)
+    brain[10:290, 10:290] = 1  # reaches beyond the 256 x 256 frame
+    seg = np.zeros(shape, np.int16)
+    y, x = tumour_at
+    seg[y - 3 : y + 3, x - 3 : x + 3, 1:3] = 2
+    case = root / "Brats18_Big_1"
+    rng = np.random.default_rng(0)
+    for k, modality in enumerate(("flair", "t1", "t1ce", "t2")):
+        volume = (rng.normal(300 + 100 * k, 40, shape) * (brain | (seg > 0))).astype(np.int16)
+        write_nifti(case / f"Brats18_Big_1_{modality}.nii.gz", volume)
+    write_nifti(case / "Brats18_Big_1_seg.nii.gz", seg)
+    return case
+
+
+def test_slices_larger_than_the_frame_are_cropped_with_a_warning(tmp_path: Path, capsys) -> None:
+    case = big_case(tmp_path, tumour_at=(150, 150))
+    read = BratsReader(tmp_path, size=256).read(case)
+    warning = capsys.readouterr().err
+    assert f"warning: {case}: slices of 300 x 300 are cropped to 256 x 256" in warning
+    assert "brain voxels outside the frame are dropped (no labelled ones)" in warning
+    assert "--size 320" in warning
+    assert read.geometry["offsets"] == [-22, -22] and read.images.shape[-2:] == (256, 256)
+    assert int((read.masks > 0).sum()) == 6 * 6 * 2  # the whole tumour is kept
+    BratsReader(tmp_path, size=320).read(case)  # a frame that fits: no word
+    assert capsys.readouterr().err == ""
+
+
+def test_cropping_that_would_cut_tumour_is_refused(tmp_path: Path) -> None:
+    case = big_case(tmp_path, tumour_at=(150, 12))  # within the 22 columns cropped on the left
+    with pytest.raises(DataError) as info:
+        BratsReader(tmp_path, size=256).read(case)
+    assert info.value.path == str(case / "Brats18_Big_1_seg.nii.gz")
+    assert "cropping would cut 72 labelled voxels; pass --size 320" in info.value.problem
+
+
+def test_segmentation_of_another_shape_is_blamed_on_the_seg_file(case: Path) -> None:
+    write_nifti(case / "Brats18_X_1_seg.nii.gz", np.zeros((240, 240, 5), np.int16))
+    message = read_error(case)
+    assert message.startswith(str(case / "Brats18_X_1_seg.nii.gz"))
+    assert "shape (240, 240, 5) differs from the images' (240, 240, 6)" in message
+
+
+def test_empty_modality(case: Path) -> None:
+    write_nifti(case / "Brats18_X_1_t1ce.nii.gz", np.zeros(BRATS_SHAPE, np.int16))
+    message = read_error(case)
+    assert "Brats18_X_1_t1ce.nii.gz: every voxel is zero" in message

@@ -127,3 +127,41 @@ def test_fractional_labels(task: Path) -> None:
     label[3, 3, 2] = 1.5  # a label map resampled with interpolation
     write_nifti(task / "labelsTr" / "prostate_00.nii.gz", label)
     assert "label values must be whole numbers, found [1.5]" in error_of(task)
+
+
+def edit_json(task: Path, **changes) -> None:
+    meta = json.loads((task / "dataset.json").read_text())
+    meta.update(changes)
+    (task / "dataset.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"modality": [0]}, "'modality' must map non-negative integer keys to names"),
+        ({"modality": {}}, "'modality' must map"),
+        ({"modality": {"T2": "0"}}, "'modality' must map"),
+        ({"labels": ["background", "x"]}, "'labels' must map"),
+        ({"labels": {"-1": "x", "0": "background"}}, "'labels' must map non-negative"),
+        ({"labels": {"1": "PZ", "2": "TZ"}}, "'labels' must declare 0, the background"),
+        ({"training": [{"image": 3, "label": "x.nii.gz"}]}, "training entry 0 lacks an 'image'"),
+    ],
+)
+def test_malformed_dataset_json(task: Path, changes: dict, message: str) -> None:
+    edit_json(task, **changes)
+    with pytest.raises(DataError, match=message) as info:
+        DecathlonReader(task, size=32)
+    assert info.value.path == str(task / "dataset.json")
+
+
+def test_bad_size(task: Path) -> None:
+    with pytest.raises(ValueError, match=r"size \(--size\) must be between 1 and"):
+        DecathlonReader(task, size=0)
+
+
+def test_empty_image(task: Path) -> None:
+    image = np.zeros((24, 20, 5, 2), np.float32)
+    image[..., 1] = 1  # ADC present, T2 blank
+    write_nifti(task / "imagesTr" / "prostate_01.nii.gz", image)
+    assert "prostate_01.nii.gz: modality T2 is zero everywhere" in error_of(task)
+    DecathlonReader(task, size=32, modality="ADC").read(DecathlonReader(task).items()[1])

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from upseg.data import DataError, FolderReader
+from upseg.data import DataError, FolderReader, prepare
 
 
 def png_pairs(root: Path, names: list[str], rgb: bool = False, size=(40, 30)) -> Path:
@@ -133,3 +133,39 @@ def test_palette_masks_give_their_indices(tmp_path: Path) -> None:
     reader = FolderReader(tmp_path, size=40, values={0: 0, 1: 1, 2: 2})
     case = reader.read(reader.items()[0])
     assert set(np.unique(case.masks)) == {0, 2}
+
+
+def test_channel_mismatch_across_patients_names_the_file(tmp_path: Path) -> None:
+    png_pairs(tmp_path / "src", ["P1_a.png"], rgb=False)
+    png_pairs(tmp_path / "src", ["P2_a.png"], rgb=True)
+    reader = FolderReader(tmp_path / "src", size=32, patient_regex=r"^(P\d)_")
+    with pytest.raises(DataError) as info:
+        prepare(reader, tmp_path / "s", progress=False)
+    assert info.value.path == str(tmp_path / "src" / "images" / "P2_a.png")
+    assert "has 3 channels, other images have 1" in info.value.problem
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"patient_regex": "("}, r"--patient-regex '\(' is not a valid regular expression"),
+        ({"values": {0: 0, 255: -1}}, r"--values: class -1 \(for pixel 255\) is outside 0..255"),
+        ({"values": {0: 0, 255: 300}}, r"--values: class 300 \(for pixel 255\)"),
+        ({"values": {-1: 0, 255: 1}}, "--values: pixel value -1 must be a non-negative integer"),
+        ({"values": {}}, "--values maps no pixel value"),
+        ({"size": 0}, r"size \(--size\) must be between 1 and"),
+        ({"size": 64.0}, r"size \(--size\) must be an integer"),
+        ({"class_names": ["a", "b", "c"]}, "--class-names gives 3 names for the 2 classes"),
+    ],
+)
+def test_bad_options(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        FolderReader(tmp_path, **options)
+    assert not isinstance(info.value, DataError)  # a usage error (exit 2), not bad data
+
+
+def test_patient_regex_with_an_empty_group(tmp_path: Path) -> None:
+    png_pairs(tmp_path, ["scan_a.png"])
+    message = error_of(FolderReader(tmp_path, patient_regex=r"^(P\d*)?scan"))
+    assert "scan_a.png: --patient-regex" in message and "empty patient id" in message

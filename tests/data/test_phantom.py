@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +41,19 @@ def test_boundaries_carry_detail_beyond_16() -> None:
     tumour = (mask > 0) | (back > 0)
     disagreement = float((back != mask)[tumour].float().mean())
     assert disagreement > 0.15
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"size": 0}, r"size \(--size\) must be between 1 and"),
+        ({"size": -8}, r"size \(--size\) must be between 1 and"),
+        ({"num_patients": 0}, r"num_patients \(--patients\) must be an integer >= 2, got 0"),
+        ({"num_patients": 1}, r"\(--patients\) must be an integer >= 2, got 1"),
+        ({"slices_per_patient": 0}, r"\(--slices-per-patient\) must be an integer >= 1, got 0"),
+        ({"seed": -1}, r"seed \(--seed\) must be an integer >= 0, got -1"),
+    ],
+)
+def test_bad_options(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PhantomReader(**options)

@@ -190,3 +190,142 @@ def test_force_replaces_only_stores(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="is not a slice store"):
         prepare(small_phantom(), precious, force=True, progress=False)
     assert (precious / "thesis.txt").read_text() == "keep me"
+
+
+class UnreadReader(PhantomReader):
+    """Fails the test if prepare reads anything."""
+
+    def items(self) -> list[int]:
+        raise AssertionError("read before the options were checked")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"val_fraction": 1.0}, r"val_fraction \(--val-fraction\) must be in \[0, 1\), got 1.0"),
+        ({"val_fraction": -0.1}, "--val-fraction"),
+        ({"seed": -1}, r"seed \(--seed\) must be a non-negative integer, got -1"),
+    ],
+)
+def test_split_options_are_checked_before_reading(
+    tmp_path: Path, options: dict, message: str
+) -> None:
+    reader = UnreadReader(size=64, num_patients=4, slices_per_patient=3)
+    with pytest.raises(ValueError, match=message):
+        prepare(reader, tmp_path / "s", progress=False, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return prepare(small_phantom(), tmp_path / "s", progress=False)
+
+
+def edit_manifest(store: Path, change) -> None:
+    manifest = json.loads((store / "manifest.json").read_text())
+    change(manifest)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("split"), "key 'split' is missing"),
+        (lambda m: m.pop("class_names"), "key 'class_names' is missing"),
+        (lambda m: m.update(size="64"), "'size' should be a JSON int"),
+        (lambda m: m["split"].pop("val"), "'split' lacks its 'val' list"),
+        (lambda m: m["split"]["train"].append("ghost"), r"names unknown patients \['ghost'\]"),
+        (lambda m: m.update(num_slices=11), "patients hold 12 slices, 'num_slices' says 11"),
+        (lambda m: m["patients"][1].pop("id"), "patient entry 1 lacks a string 'id'"),
+        (lambda m: m.update(class_names=[]), "'class_names' should be a non-empty list"),
+    ],
+)
+def test_damaged_manifest_names_it(store_dir: Path, change, message: str) -> None:
+    edit_manifest(store_dir, change)
+    with pytest.raises(DataError, match=message) as info:
+        SliceStore(store_dir)
+    assert info.value.path == str(store_dir / "manifest.json")
+
+
+def test_manifest_garbage_bytes(store_dir: Path) -> None:
+    (store_dir / "manifest.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match=r"manifest\.json: not valid JSON"):
+        SliceStore(store_dir)
+
+
+def truncate_file(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def masks_of_another_store(store: Path) -> None:
+    other = prepare(small_phantom(num_patients=3), store.parent / "other", progress=False)
+    (store / "masks.npy").write_bytes((other / "masks.npy").read_bytes())
+
+
+def label_outside_the_classes(store: Path) -> None:
+    masks = np.load(store / "masks.npy")
+    masks[7, 3, 3] = 9
+    np.save(store / "masks.npy", masks)
+
+
+@pytest.mark.parametrize(
+    ("damage", "name", "message"),
+    [
+        (lambda s: truncate_file(s / "images.npy"), "images.npy", "truncated or corrupt"),
+        (lambda s: (s / "images.npy").write_bytes(b"junk" * 500), "images.npy", "not a NumPy"),
+        (lambda s: (s / "slices.npy").unlink(), "slices.npy", "missing from the slice store"),
+        (lambda s: truncate_file(s / "slices.npy"), "slices.npy", "truncated or corrupt"),
+        (masks_of_another_store, "masks.npy", r"holds uint8 \(9, 64, 64\), .* \(12, 64, 64\)"),
+        (
+            lambda s: np.save(s / "images.npy", np.zeros((12, 4, 64, 64), np.float32)),
+            "images.npy",
+            "holds float32 .* describes float16",
+        ),
+        (
+            lambda s: np.save(s / "slices.npy", np.zeros((12, 2), np.int32)),
+            "slices.npy",
+            "patient numbers do not follow",
+        ),
+        (label_outside_the_classes, "masks.npy", r"slice 7 holds label values \[9\], outside"),
+    ],
+)
+def test_damaged_arrays_name_the_file(store_dir: Path, damage, name: str, message: str) -> None:
+    damage(store_dir)
+    with pytest.raises(DataError, match=message) as info:
+        SliceStore(store_dir)
+    assert info.value.path == str(store_dir / name)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"junk" * 100, "not a NumPy .npy array file; delete it"),
+        (np.zeros((3, 4, 16, 16), np.float32), r"holds float32 \(3, 4, 16, 16\)"),
+    ],
+)
+def test_damaged_lowres_cache_names_it(store_dir: Path, content, message: str) -> None:
+    cache = store_dir / "lowres" / "images_r16_area.npy"
+    cache.parent.mkdir()
+    if isinstance(content, bytes):
+        cache.write_bytes(content)
+    else:
+        np.save(cache, content)
+    with pytest.raises(DataError, match=message) as info:
+        LowResPairs(store_dir, 16)
+    assert info.value.path == str(cache)
+
+
+def test_training_on_a_damaged_store_is_one_line_and_exit_1(store_dir: Path) -> None:
+    from tests.helpers import run_cli
+
+    edit_manifest(store_dir, lambda m: m.pop("split"))
+    result = run_cli(
+        "train", "--store", str(store_dir), "--out", str(store_dir.parent / "run"), "--quiet"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: {store_dir / 'manifest.json'}: key 'split' is missing; the store is damaged, "
+        "prepare it again"
+    )
+    assert not (store_dir.parent / "run").exists()

@@ -3,7 +3,8 @@
 Labels 0, 1 (NCR/NET), 2 (ED), 4 (ET) become classes 0..3 (background, NCR, ED, ET).
 Each modality is z-scored per volume over the brain (voxels where any loaded modality is
 non-zero; 0 outside). Axial slices (last axis) are centred in an R x R frame by zero padding
-(240 -> 256 adds 8 pixels on each side).
+(240 -> 256 adds 8 pixels on each side). Larger slices are cropped with a warning naming the
+case, and refused (DataError) when cropping would cut away labelled voxels.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
-from upseg.data.volume import load_nifti, map_labels, pad_or_crop, zscore
+from upseg.data.volume import check_size, load_nifti, map_labels, pad_or_crop, zscore
 from upseg.metrics import BRATS_CLASSES
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -47,6 +48,67 @@ def frame_slices(images: np.ndarray, keep: np.ndarray, size: int) -> tuple[np.nd
     return pad_or_crop(np.moveaxis(images[..., keep], -1, 0), size)
 
 
+def check_volumes(
+    volumes: list[np.ndarray], seg: np.ndarray, paths: list[Path], seg_path: Path
+) -> None:
+    """DataError naming the odd file out: a modality or the segmentation whose shape differs
+    from the one most files of the case share (the segmentation's on a tie), or a modality
+    that is zero everywhere (an empty export)."""
+    shapes = [volume.shape for volume in volumes] + [seg.shape]
+    common = max(set(shapes), key=lambda shape: (shapes.count(shape), shape == seg.shape))
+    for volume, path in zip(volumes, paths, strict=True):
+        if volume.shape != common:
+            whose = "the segmentation's" if common == seg.shape else "the other modalities'"
+            raise DataError(path, f"shape {volume.shape} differs from {whose} {common}")
+    if seg.shape != common:
+        raise DataError(seg_path, f"shape {seg.shape} differs from the images' {common}")
+    for volume, path in zip(volumes, paths, strict=True):
+        if not volume.any():
+            raise DataError(path, "every voxel is zero: an empty image")
+
+
+def outside_frame(volume: np.ndarray, size: int) -> int:
+    """How many non-zero voxels of (X, Y, Z) `volume` fall outside the centred size x size
+    frame of pad_or_crop."""
+    inside = volume
+    for axis in (0, 1):
+        extent = volume.shape[axis]
+        if extent > size:
+            start = (extent - size) // 2
+            inside = np.take(inside, np.arange(start, start + size), axis=axis)
+    return int(np.count_nonzero(volume)) - int(np.count_nonzero(inside))
+
+
+def check_crop(
+    classes: np.ndarray, brain: np.ndarray, size: int, seg_path: Path, case: Path
+) -> None:
+    """Slices larger than the frame are cropped. A DataError naming the segmentation if that
+    would cut away labelled (tumour) voxels; otherwise a warning naming the case."""
+    height, width = classes.shape[:2]
+    if height <= size and width <= size:
+        return
+    larger = -(-max(height, width) // 32) * 32
+    lost = outside_frame(classes, size)
+    if lost:
+        raise DataError(
+            seg_path,
+            f"slices of {height} x {width} do not fit the {size} x {size} frame and cropping "
+            f"would cut {lost} labelled voxels; pass --size {larger} (or any size >= "
+            f"{max(height, width)}) to keep them",
+        )
+    dropped = outside_frame(brain, size)
+    what = (
+        f"{dropped} brain voxels outside the frame are dropped (no labelled ones)"
+        if dropped
+        else "only empty background lies outside the frame"
+    )
+    print(
+        f"warning: {case}: slices of {height} x {width} are cropped to {size} x {size}; "
+        f"{what}; pass --size {larger} to keep everything",
+        file=sys.stderr,
+    )
+
+
 class BratsReader:
     """Reads one BraTS case folder per patient."""
 
@@ -65,6 +127,7 @@ class BratsReader:
             raise ValueError(f"unknown modalities {unknown}; choose from {MODALITIES}")
         if slices not in SLICE_MODES:
             raise ValueError(f"unknown slice selection {slices!r}; choose one of {SLICE_MODES}")
+        size = check_size(size)
         if size < 240:
             raise ValueError(
                 f"size {size} is below the 240 x 240 BraTS slices; use 256 (the slices are "
@@ -107,19 +170,13 @@ class BratsReader:
                 raise DataError(case_dir, f"modality {name!r} is missing (no *_{name}.nii.gz)")
             paths[name] = path
         seg, affine, spacing = load_nifti(paths["seg"])
-        volumes = []
-        for name in self.modalities:
-            volume = load_nifti(paths[name])[0]
-            if volume.shape != seg.shape:
-                raise DataError(
-                    paths[name],
-                    f"shape {volume.shape} differs from the segmentation's {seg.shape}",
-                )
-            volumes.append(volume)
         if seg.ndim != 3:
             raise DataError(paths["seg"], f"expected a 3-D volume, got shape {seg.shape}")
+        volumes = [load_nifti(paths[name])[0] for name in self.modalities]
+        check_volumes(volumes, seg, [paths[name] for name in self.modalities], paths["seg"])
         classes = map_labels(seg, LABEL_TO_CLASS, paths["seg"])
         images, brain = normalise(volumes)
+        check_crop(classes, brain, self.size, paths["seg"], case_dir)
         if self.slices == "brain":
             keep = np.flatnonzero(brain.any(axis=(0, 1)))
         elif self.slices == "tumour":

@@ -16,11 +16,12 @@ import numpy as np
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
-from upseg.data.volume import load_nifti, map_labels, stretch, zscore
+from upseg.data.volume import check_size, load_nifti, map_labels, stretch, zscore
 
 # dataset.json "name" (lower case) -> default merge of label values into named classes
 DEFAULT_MERGES: dict[str, dict[str, list[int]]] = {"prostate": {"prostate": [1, 2]}}
 SLICE_MODES = ("all", "foreground")
+EXAMPLES = {"modality": '{"0": "T2"}', "labels": '{"0": "background", "1": "tumour"}'}
 
 
 def _parse_merge(
@@ -83,7 +84,7 @@ class DecathlonReader:
         slices: str = "all",
     ) -> None:
         self.root = Path(root)
-        self.size = size
+        self.size = check_size(size)
         if slices not in SLICE_MODES:
             raise ValueError(f"unknown slice selection {slices!r}; choose one of {SLICE_MODES}")
         self.slices = slices
@@ -131,15 +132,28 @@ class DecathlonReader:
         if not isinstance(entries, list) or not entries:
             raise DataError(self.json_path, "'training' lists no cases")
         for i, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise DataError(self.json_path, f"training entry {i} lacks 'image' or 'label'")
-        try:
-            for key in ("modality", "labels"):
-                [int(k) for k in meta[key]]
-        except (TypeError, ValueError):
-            raise DataError(
-                self.json_path, "'modality' and 'labels' must map integer keys to names"
-            ) from None
+            if not isinstance(entry, dict) or any(
+                not isinstance(entry.get(key), str) for key in ("image", "label")
+            ):
+                raise DataError(
+                    self.json_path, f"training entry {i} lacks an 'image' or 'label' path"
+                )
+        for key in ("modality", "labels"):
+            table = meta[key]
+            try:
+                valid = isinstance(table, dict) and bool(table) and all(int(k) >= 0 for k in table)
+            except ValueError:
+                valid = False
+            if not valid:
+                raise DataError(
+                    self.json_path,
+                    f"{key!r} must map non-negative integer keys to names, like "
+                    f"{EXAMPLES[key]}; got {json.dumps(table)[:60]}",
+                )
+        if "0" not in {str(int(k)) for k in meta["labels"]}:
+            raise DataError(self.json_path, "'labels' must declare 0, the background")
+        if len(meta["labels"]) > 256:
+            raise DataError(self.json_path, "more than 256 labels do not fit the uint8 masks")
         return meta
 
     def items(self) -> list[dict]:
@@ -151,6 +165,8 @@ class DecathlonReader:
         image, affine, spacing = load_nifti(image_path)
         labels = load_nifti(label_path)[0]
         image = select_modality(image, self.modality_index, self.modalities[0], image_path)
+        if not image.any():
+            raise DataError(image_path, f"modality {self.modalities[0]} is zero everywhere")
         if labels.shape != image.shape:
             raise DataError(
                 label_path, f"shape {labels.shape} differs from the image's {image.shape}"

@@ -18,7 +18,7 @@ import numpy as np
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
-from upseg.data.volume import map_labels, stretch, zscore
+from upseg.data.volume import check_size, map_labels, stretch, zscore
 
 EXTENSIONS = (".png", ".tif", ".tiff")
 LAYOUTS = ("images-masks", "suffix")
@@ -65,6 +65,35 @@ def load_image(path: Path) -> np.ndarray:
     return image
 
 
+def check_values(values: dict[int, int]) -> dict[int, int]:
+    """The mask pixel value -> class map, checked: pixel values >= 0, classes 0..255 (masks
+    are stored as uint8). ValueError naming --values otherwise."""
+    values = dict(values)
+    if not values:
+        raise ValueError("--values maps no pixel value to a class")
+    for pixel, index in values.items():
+        if isinstance(pixel, bool) or not isinstance(pixel, (int, np.integer)) or pixel < 0:
+            raise ValueError(f"--values: pixel value {pixel!r} must be a non-negative integer")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise ValueError(f"--values: class {index!r} (for pixel {pixel}) must be an integer")
+        if not 0 <= index <= 255:
+            raise ValueError(
+                f"--values: class {index} (for pixel {pixel}) is outside 0..255; "
+                "classes are indices 0, 1, 2, ... stored as uint8"
+            )
+    return values
+
+
+def compile_patient_regex(pattern: str) -> re.Pattern[str]:
+    """ValueError naming --patient-regex when `pattern` is not a valid regular expression."""
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ValueError(
+            f"--patient-regex {pattern!r} is not a valid regular expression ({error})"
+        ) from None
+
+
 def frame_image(image: np.ndarray, size: int) -> np.ndarray:
     """(C, H, W) -> (C, size, size): each channel z-scored, then stretched bilinearly."""
     image = np.stack([zscore(channel) for channel in image])
@@ -88,9 +117,9 @@ class FolderReader:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
         self.root = Path(root)
-        self.size = size
+        self.size = check_size(size)
         self.layout = layout
-        self.values = dict(DEFAULT_VALUES if values is None else values)
+        self.values = check_values(DEFAULT_VALUES if values is None else values)
         num_classes = max(self.values.values()) + 1
         if class_names is None:
             class_names = (
@@ -100,11 +129,14 @@ class FolderReader:
             )
         if len(class_names) != num_classes:
             raise ValueError(
-                f"{len(class_names)} class names for {num_classes} classes in the value map"
+                f"--class-names gives {len(class_names)} names for the {num_classes} classes "
+                f"of --values {','.join(f'{k}:{v}' for k, v in self.values.items())} "
+                f"(classes 0..{num_classes - 1})"
             )
         self.class_names = tuple(class_names)
-        self.patient_regex = re.compile(patient_regex) if patient_regex else None
+        self.patient_regex = compile_patient_regex(patient_regex) if patient_regex else None
         self.modalities: tuple[str, ...] = ()
+        self.channels: int | None = None  # of the first image read; every image must agree
         self.options = {
             "layout": layout,
             "values": {str(k): v for k, v in self.values.items()},
@@ -149,7 +181,14 @@ class FolderReader:
             raise DataError(
                 image, f"file name does not match --patient-regex {self.patient_regex.pattern!r}"
             )
-        return match.group(1) if match.groups() else match.group(0)
+        patient = match.group(1) if match.groups() else match.group(0)
+        if not patient:
+            raise DataError(
+                image,
+                f"--patient-regex {self.patient_regex.pattern!r} gives an empty patient id "
+                "(its first group matched nothing)",
+            )
+        return patient
 
     def items(self) -> list[tuple[str, list[tuple[Path, Path]]]]:
         groups: dict[str, list[tuple[Path, Path]]] = defaultdict(list)
@@ -159,7 +198,7 @@ class FolderReader:
 
     def read(self, item: tuple[str, list[tuple[Path, Path]]]) -> Case:
         patient, pairs = item
-        images, masks, shapes, channels = [], [], [], None
+        images, masks, shapes = [], [], []
         for image_path, mask_path in pairs:
             image = load_image(image_path)
             mask = read_image_file(mask_path, labels=True)
@@ -171,18 +210,20 @@ class FolderReader:
                 raise DataError(
                     mask_path, f"mask shape {mask.shape} differs from the image's {image.shape[1:]}"
                 )
-            if channels is None:
-                channels = image.shape[0]
-            elif image.shape[0] != channels:
+            if self.channels is None:
+                self.channels = image.shape[0]
+            elif image.shape[0] != self.channels:
                 raise DataError(
-                    image_path, f"has {image.shape[0]} channels, other images have {channels}"
+                    image_path,
+                    f"has {image.shape[0]} channels, other images have {self.channels}: "
+                    "every image needs the same channels",
                 )
             images.append(frame_image(image, self.size))
             shapes.append(list(mask.shape))
             classes = map_labels(mask, self.values, mask_path)
             masks.append(stretch(classes[None], self.size, True)[0])
         if not self.modalities:
-            self.modalities = tuple(f"channel{i}" for i in range(channels or 0))
+            self.modalities = tuple(f"channel{i}" for i in range(self.channels or 0))
         return Case(
             patient_id=patient,
             images=np.stack(images).astype(np.float32),

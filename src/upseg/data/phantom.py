@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from upseg.data.case import Case
-from upseg.data.volume import zscore
+from upseg.data.volume import check_size, zscore
 from upseg.metrics import BRATS_CLASSES
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -67,9 +67,14 @@ class PhantomReader:
     def __init__(
         self, size: int = 256, num_patients: int = 12, slices_per_patient: int = 24, seed: int = 0
     ) -> None:
-        if num_patients < 2 or slices_per_patient < 1:
-            raise ValueError("the phantom needs at least 2 patients and 1 slice per patient")
-        self.size = size
+        for name, flag, value, least in (
+            ("num_patients", "--patients", num_patients, 2),
+            ("slices_per_patient", "--slices-per-patient", slices_per_patient, 1),
+            ("seed", "--seed", seed, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} ({flag}) must be an integer >= {least}, got {value!r}")
+        self.size = check_size(size)
         self.num_patients = num_patients
         self.slices_per_patient = slices_per_patient
         self.seed = seed

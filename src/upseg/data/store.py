@@ -9,6 +9,8 @@ DIR/lowres/         images at input size r, computed once per (r, downsampling)
 
 `prepare` writes everything into a hidden sibling folder and renames it into place at the
 end: an interrupted run leaves no folder that looks complete, and a re-run starts afresh.
+Opening a store checks manifest.json and every array against it (readable, shape, dtype,
+mask values within the classes): damage is a DataError naming the file.
 """
 
 from __future__ import annotations
@@ -45,11 +47,18 @@ class Reader(Protocol):
     def read(self, item) -> Case: ...
 
 
+def check_split_options(val_fraction: float, seed: int) -> None:
+    """ValueError unless 0 <= val_fraction < 1 and seed is a non-negative integer."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction (--val-fraction) must be in [0, 1), got {val_fraction}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
+
+
 def patient_split(patient_ids: list[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
     """Deterministic patient-level split: a seeded shuffle of the sorted ids, the first
     round(val_fraction * n) (at least 1 when n >= 2) go to validation."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_split_options(val_fraction, seed)
     ids = sorted(patient_ids)
     order = np.random.default_rng(seed).permutation(len(ids))
     n_val = round(val_fraction * len(ids))
@@ -76,6 +85,7 @@ def prepare(
         raise DataError(out_dir, "exists and is not a slice store; --force replaces only stores")
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION.get(reader.format, 0.2)
+    check_split_options(val_fraction, seed)  # before reading anything
     items = reader.items()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
@@ -172,6 +182,105 @@ def _version() -> str:
     return __version__
 
 
+# manifest.json: key -> the JSON type it must hold
+MANIFEST_KEYS = {
+    "version": int,
+    "format": str,
+    "size": int,
+    "num_slices": int,
+    "class_names": list,
+    "modalities": list,
+    "patients": list,
+    "split": dict,
+    "provenance": dict,
+}
+
+
+def check_manifest(manifest: object, path: Path) -> None:
+    """DataError naming manifest.json unless it holds every key a store needs, with
+    consistent patients (contiguous slice ranges adding up to num_slices) and split."""
+    if not isinstance(manifest, dict):
+        raise DataError(path, "expected a JSON object at the top level")
+    if manifest.get("version") != STORE_VERSION:
+        raise DataError(
+            path,
+            f"store version {manifest.get('version')} is not {STORE_VERSION}; prepare it again",
+        )
+    for key, kind in MANIFEST_KEYS.items():
+        if key not in manifest:
+            raise DataError(path, f"key {key!r} is missing; the store is damaged, prepare it again")
+        value = manifest[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DataError(path, f"{key!r} should be a JSON {kind.__name__}, got {value!r:.60}")
+    if manifest["size"] < 1 or manifest["num_slices"] < 1:
+        raise DataError(path, "'size' and 'num_slices' must be positive")
+    for key in ("class_names", "modalities"):
+        names = manifest[key]
+        if not names or not all(isinstance(name, str) for name in names):
+            raise DataError(path, f"{key!r} should be a non-empty list of names")
+    if len(manifest["class_names"]) > 256:
+        raise DataError(path, "more than 256 classes do not fit the uint8 masks")
+    total = 0
+    for k, patient in enumerate(manifest["patients"]):
+        if (
+            not isinstance(patient, dict)
+            or not isinstance(patient.get("id"), str)
+            or any(
+                not isinstance(patient.get(key), int) or isinstance(patient.get(key), bool)
+                for key in ("start", "count")
+            )
+        ):
+            raise DataError(
+                path, f"patient entry {k} lacks a string 'id' or integer 'start'/'count'"
+            )
+        if patient["start"] != total or patient["count"] < 1:
+            raise DataError(path, f"patient {patient['id']!r}: slice range does not follow on")
+        total += patient["count"]
+    if not manifest["patients"] or total != manifest["num_slices"]:
+        raise DataError(
+            path, f"patients hold {total} slices, 'num_slices' says {manifest['num_slices']}"
+        )
+    ids = {p["id"] for p in manifest["patients"]}
+    for part in ("train", "val"):
+        members = manifest["split"].get(part)
+        if not isinstance(members, list):
+            raise DataError(path, f"'split' lacks its {part!r} list of patient ids")
+        unknown = [m for m in members if m not in ids]
+        if unknown:
+            raise DataError(path, f"'split' {part!r} names unknown patients {unknown[:5]}")
+
+
+def load_array(
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: type,
+    mmap: bool = True,
+    remedy: str = "prepare the store again",
+) -> np.ndarray:
+    """np.load (memory-mapped unless `mmap` is False) of a store array, checked against the
+    shape and dtype the manifest implies; DataError naming the file otherwise."""
+    if not path.is_file():
+        raise DataError(path, f"missing from the slice store; {remedy}")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        with path.open("rb") as file:
+            magic = file.read(6)
+        if magic != b"\x93NUMPY":
+            problem = "not a NumPy .npy array file"
+        else:
+            problem = f"cannot be read, the file may be truncated or corrupt ({error})"
+        raise DataError(path, f"{problem}; {remedy}") from None
+    if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        raise DataError(
+            path,
+            f"holds {np.dtype(array.dtype).name} {array.shape}, the store's manifest.json "
+            f"describes {np.dtype(dtype).name} {tuple(shape)} (a file from another store?); "
+            f"{remedy}",
+        )
+    return array
+
+
 class SliceStore:
     """Read access to a prepared store; arrays are memory-mapped, nothing is loaded eagerly."""
 
@@ -182,17 +291,42 @@ class SliceStore:
             raise DataError(self.path, "not a slice store (no manifest.json); run upseg prepare")
         try:
             self.manifest = json.loads(manifest.read_text())
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DataError(manifest, f"not valid JSON ({error})") from None
-        if self.manifest.get("version") != STORE_VERSION:
+        check_manifest(self.manifest, manifest)
+        n, size = self.manifest["num_slices"], self.manifest["size"]
+        channels = len(self.manifest["modalities"])
+        self.images = load_array(self.path / "images.npy", (n, channels, size, size), np.float16)
+        self.masks = load_array(self.path / "masks.npy", (n, size, size), np.uint8)
+        self.slices = load_array(self.path / "slices.npy", (n, 2), np.int32, mmap=False)
+        self._check_slices()
+        self._check_mask_labels()
+
+    def _check_slices(self) -> None:
+        """slices.npy's patient numbers must follow the manifest's patient ranges."""
+        counts = [p["count"] for p in self.manifest["patients"]]
+        expected = np.repeat(np.arange(len(counts)), counts)
+        if not np.array_equal(self.slices[:, 0], expected):
             raise DataError(
-                manifest,
-                f"store version {self.manifest.get('version')} is not "
-                f"{STORE_VERSION}; prepare it again",
+                self.path / "slices.npy",
+                "its patient numbers do not follow the manifest's patients; "
+                "the store is damaged, prepare it again",
             )
-        self.images = np.load(self.path / "images.npy", mmap_mode="r")
-        self.masks = np.load(self.path / "masks.npy", mmap_mode="r")
-        self.slices = np.load(self.path / "slices.npy")
+
+    def _check_mask_labels(self) -> None:
+        """Every mask value must be a class index; scanned in blocks of slices."""
+        num_classes = len(self.manifest["class_names"])
+        block = max(1, (64 << 20) // max(1, self.masks[0].size))  # about 64 MB at a time
+        for start in range(0, len(self.masks), block):
+            chunk = np.asarray(self.masks[start : start + block])
+            if chunk.size and int(chunk.max()) >= num_classes:
+                bad = np.flatnonzero((chunk >= num_classes).any(axis=(1, 2)))[0] + start
+                values = np.unique(np.asarray(self.masks[bad]))
+                raise DataError(
+                    self.path / "masks.npy",
+                    f"slice {bad} holds label values {values[values >= num_classes].tolist()}, "
+                    f"outside the {num_classes} classes of manifest.json (0..{num_classes - 1})",
+                )
 
     @property
     def size(self) -> int:
@@ -257,9 +391,9 @@ class SliceStore:
         if size == self.size:
             return self.images
         cache = self.path / "lowres" / f"images_r{size}_{mode}.npy"
-        if cache.is_file():
-            return np.load(cache, mmap_mode="r")
         shape = (len(self), self.images.shape[1], size, size)
+        if cache.is_file():
+            return load_array(cache, shape, np.float32, remedy="delete it to have it rebuilt")
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
         try:
             cache.parent.mkdir(exist_ok=True)

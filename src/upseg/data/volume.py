@@ -32,6 +32,18 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     return data, np.asarray(image.affine, dtype=np.float64), spacing
 
 
+MAX_SIZE = 8192  # a larger frame is a typo: one 4-channel float16 slice would take 512 MB
+
+
+def check_size(size: object) -> int:
+    """The frame size R, checked: an integer in 1..MAX_SIZE. ValueError naming --size."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"size (--size) must be an integer, got {size!r}")
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"size (--size) must be between 1 and {MAX_SIZE} pixels, got {size}")
+    return int(size)
+
+
 def zscore(volume: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """(volume - mean) / std over the voxels in `where` (all if None); 0 outside `where`."""
     volume = volume.astype(np.float32, copy=False)
@@ -104,6 +116,8 @@ def stretch(slices: np.ndarray, size: int | tuple[int, int], labels: bool) -> np
 def map_labels(labels: np.ndarray, mapping: dict[int, int], path: Path) -> np.ndarray:
     """Source label values -> class indices (uint8); a value outside `mapping` or a fractional
     value (a label map resampled with interpolation) is a DataError."""
+    if any(value < 0 or not 0 <= index <= 255 for value, index in mapping.items()):
+        raise ValueError(f"label values must be >= 0 and classes 0..255 (uint8), got {mapping}")
     values = np.unique(labels)
     if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         fractional = values[values != np.round(values)][:5].tolist()
@@ -116,6 +130,6 @@ def map_labels(labels: np.ndarray, mapping: dict[int, int], path: Path) -> np.nd
         )
     lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.uint8)
     for value, index in mapping.items():
-        if 0 <= value < len(lut):
+        if value < len(lut):
             lut[value] = index
     return lut[labels.astype(np.int64)]
