@@ -286,3 +286,21 @@ def test_checkpoints_without_recorded_data_use_the_store(brats_run: Path, tmp_pa
     torch.save(state, older / "checkpoints" / "last.pt")
     predictor = Predictor.from_run(older)
     assert predictor.spec == Predictor.from_run(brats_run).spec
+
+
+def test_slices_larger_than_the_frame_are_written_with_a_warning(
+    brats_run: Path, tmp_path: Path
+) -> None:
+    case = brats_case(tmp_path / "in", "wide")
+    for path in case.iterdir():  # 240 -> 300 wide, with brain in the band beyond 256
+        volume = np.asarray(nib.load(path).dataobj)
+        wide = np.zeros((300, *volume.shape[1:]), dtype=volume.dtype)
+        wide[30:270] = volume
+        if "_seg" not in path.name:
+            wide[:5, 100:110, 1:] = 200
+        write_nifti(path, wide)
+    result = run_cli("predict", str(brats_run), str(case), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {case}: slices of 300 x 240 are larger than" in result.stderr
+    mask = np.asarray(nib.load(tmp_path / "out" / "wide.nii.gz").dataobj)
+    assert mask.shape == (300, 240, 6) and not mask[:22].any()

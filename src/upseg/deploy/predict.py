@@ -15,6 +15,7 @@ A bad input is reported (file and problem), skipped, and the others are still wr
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,14 @@ class Predictor:
                 positions = np.flatnonzero(brain.any(axis=(0, 1)))
             frames, offsets = brats.frame_slices(images, positions, self.size)
             shape = volumes[0].shape
+            cut = brats.outside_frame(brain, self.size)
+            if cut:  # the model sees only its frame: say so instead of a silent background
+                print(
+                    f"warning: {job.source}: slices of {shape[0]} x {shape[1]} are larger than "
+                    f"the model's {self.size} x {self.size} frame; {cut} brain voxels outside "
+                    "it are written as background",
+                    file=sys.stderr,
+                )
             return Frames(frames, positions, shape, offsets=offsets, reference=reference)
         positions = np.arange(volumes[0].shape[-1])
         frames = decathlon.image_slices(volumes[0], positions, self.size)
