@@ -380,12 +380,45 @@ def _int8_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# flags that build a fresh model in `export` (with their defaults there) and `profile`
+EXPORT_MODEL_FLAGS = {
+    "backbone": None,
+    "head": "plain",
+    "input_size": None,
+    "output_size": 256,
+    "in_channels": 4,
+    "classes": 4,
+}
+PROFILE_MODEL_FLAGS = {
+    "backbones": ["elunet", "unet"],
+    "heads": list(HEAD_CHOICES),
+    "input_sizes": [16, 32, 64],
+    "output_size": 256,
+    "in_channels": 4,
+    "classes": 4,
+}
+
+
+def _model_flags(args: argparse.Namespace, defaults: dict[str, object], what: str) -> None:
+    """Refuse model flags beside run directories (a run brings its own model); otherwise
+    fill in the defaults of those not given."""
+    given = [f"--{k.replace('_', '-')}" for k in defaults if getattr(args, k) is not None]
+    if what and given:
+        args.parser.error(f"{what} brings its own model; drop {' '.join(given)}")
+    for key, default in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from upseg.deploy.export import export_onnx
+    from upseg.deploy.outputs import check_output_file
     from upseg.models import build
 
+    _model_flags(args, EXPORT_MODEL_FLAGS, "a RUN directory" if args.run is not None else "")
     if args.int8:
         return _export_int8(args)
+    check_output_file(args.out, "--out")
     if args.run is not None:
         from upseg.train import load_run
 
@@ -407,11 +440,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_export(result: dict) -> None:
+def _print_export(result: dict, written: bool = True) -> None:
     print(
-        f"wrote {result['path']}: image {result['input']} -> logits {result['output']} "
-        f"(dynamic batch); checked against PyTorch at batch 1 and 3, max |diff| "
-        f"{result['max_abs_diff']:.2e}"
+        f"{'wrote' if written else 'exported (not written)'} {result['path']}: image "
+        f"{result['input']} -> logits {result['output']} (dynamic batch); checked against "
+        f"PyTorch at batch 1 and 3, max |diff| {result['max_abs_diff']:.2e}"
     )
 
 
@@ -433,7 +466,7 @@ def _export_int8(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
         )
     except Int8RefusedError as refused:
-        _print_export(refused.report["export"])
+        _print_export(refused.report["export"], written=False)
         print(_int8_table(refused.report))
         raise
     _print_export(report["export"])
@@ -906,17 +939,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", type=Path, nargs="?", help="run directory (or use --backbone)")
     export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--checkpoint", choices=("last", "best"), default="last")
-    export.add_argument("--backbone", choices=list_backbones())
-    export.add_argument("--head", choices=HEAD_CHOICES, default="plain")
-    export.add_argument("--input-size", type=int)
-    export.add_argument("--output-size", type=int, default=256)
-    export.add_argument("--in-channels", type=int, default=4)
-    export.add_argument("--classes", type=int, default=4)
+    fresh = export.add_argument_group(
+        "fresh model", "a model with random weights instead of a RUN (not with a RUN)"
+    )
+    fresh.add_argument("--backbone", choices=list_backbones())
+    fresh.add_argument("--head", choices=HEAD_CHOICES, help="default plain")
+    fresh.add_argument("--input-size", type=int)
+    fresh.add_argument("--output-size", type=int, help="default 256")
+    fresh.add_argument("--in-channels", type=int, help="default 4")
+    fresh.add_argument("--classes", type=int, help="default 4")
     export.add_argument(
         "--tolerance",
         type=float,
         default=1e-4,
-        help="largest allowed |ONNX - PyTorch| (default 1e-4)",
+        help="largest allowed |ONNX - PyTorch|, positive (default 1e-4)",
     )
     int8 = export.add_argument_group(
         "int8",
@@ -937,8 +973,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         metavar="D",
-        help="refuse the int8 model if its foreground Dice is more than D below fp32's "
-        "(default 0.01, one point)",
+        help="refuse the int8 model if its foreground Dice is more than D (>= 0) below "
+        "fp32's (default 0.01, one point); on a refusal nothing is written and files "
+        "already there stay as they were",
     )
     int8.add_argument(
         "--force-int8", action="store_true", help="write the int8 model even past --max-dice-drop"
