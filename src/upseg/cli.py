@@ -583,8 +583,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from upseg.deploy.bench import run_bench
-    from upseg.deploy.bench_report import bench_preamble, bench_table, write_bench
+    from upseg.deploy.bench_report import BENCH_FILES, bench_preamble, bench_table, write_bench
+    from upseg.deploy.outputs import check_output_folder
 
+    check_output_folder(args.out, "--out", BENCH_FILES)
     if args.keep_freed_memory:
         from upseg.runtime import keep_freed_memory
 
@@ -610,10 +612,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result["settings"]["command"] = "upseg " + " ".join(args.argv)
     result["settings"]["keep_freed_memory"] = args.keep_freed_memory
     print(bench_preamble(result) + "\n")
+    if not result["rows"]:
+        print(
+            f"error: nothing was measured (every case was skipped, reasons above); nothing "
+            f"written to {args.out}",
+            file=sys.stderr,
+        )
+        return 1
     print(bench_table(result))
     for path in write_bench(result, args.out):
         print(f"wrote {path}")
-    return 0 if result["rows"] else 1
+    return 0
 
 
 def _bool(text: str) -> bool:
@@ -1084,7 +1093,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output-size", type=int, default=256, help="R (default 256)")
     bench.add_argument("--in-channels", type=int, default=4)
     bench.add_argument("--classes", type=int, default=4)
-    bench.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    bench.add_argument(
+        "--threads", type=int, help="intra-op threads, at least 1 (default: all cores)"
+    )
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     bench.add_argument("--warmup", type=int, default=5, help="untimed calls per case")
     bench.add_argument("--repeats", type=int, default=30, help="timed calls per case")
@@ -1104,7 +1115,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="apply upseg.runtime.keep_freed_memory() (glibc malloc) first, as training does",
     )
-    bench.add_argument("--out", type=Path, required=True, help="folder for bench.{md,csv,json}")
+    bench.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for bench.{md,csv,json} and the figure, written together only when "
+        "something was measured",
+    )
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser
