@@ -518,9 +518,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from upseg.deploy.plan import plan, read_bench, read_sweep
-    from upseg.io import write_json
+    from upseg.deploy.outputs import check_output_folder
+    from upseg.deploy.plan import PLAN_FILES, plan, read_bench, read_sweep, write_plan
 
+    if args.out:
+        check_output_folder(args.out, "--out", PLAN_FILES)
     result = plan(
         read_sweep(args.sweep),
         read_bench(args.bench),
@@ -552,19 +554,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(_markdown_table(table, list(table[0])))
     for line in result["missing"]:
         print(f"not judged: {line}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        if rows:
-            write_csv(args.out / "plan.csv", rows)
-        write_json(args.out / "plan.json", {**result, "budget_ms": args.budget_ms})
-        print(f"wrote {args.out / 'plan.json'}")
     if not rows:
         print(
             "error: no swept model has a measured latency; run upseg bench on this device "
-            "with the sweep's methods and input sizes",
+            "with the sweep's methods and input sizes"
+            + (f" (nothing written to {args.out})" if args.out else ""),
             file=sys.stderr,
         )
         return 1
+    if args.out:
+        for path in write_plan(result, args.out, args.budget_ms):
+            print(f"wrote {path}")
     if pick is None:
         fastest = rows[0]
         print(
@@ -1053,13 +1053,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="p90_ms",
         help="latency statistic held against the budget (default p90_ms)",
     )
-    plan.add_argument("--metric", default="foreground_dice", help="a sweep.csv column")
+    plan.add_argument(
+        "--metric",
+        default="foreground_dice",
+        help="a score column of sweep.csv (default foreground_dice)",
+    )
     plan.add_argument(
         "--include-int8",
         action="store_true",
         help="also use int8 runtimes' timings (the sweep's scores are those of the fp32 models)",
     )
-    plan.add_argument("--out", type=Path, help="folder for plan.csv and plan.json")
+    plan.add_argument(
+        "--out",
+        type=Path,
+        help="folder for plan.csv and plan.json (written together, only when some model "
+        "was judged)",
+    )
     plan.set_defaults(func=cmd_plan)
     bench = commands.add_parser(
         "bench",
