@@ -64,9 +64,20 @@ def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from upseg.deploy.outputs import check_output_file
     from upseg.models import method_name
     from upseg.profile import profile_row
 
+    _model_flags(args, PROFILE_MODEL_FLAGS, "a RUN directory" if args.runs else "")
+    sizes = {"--input-sizes": min(args.input_sizes), "--output-size": args.output_size}
+    sizes.update({"--in-channels": args.in_channels, "--classes": args.classes})
+    for flag, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.csv:
+        check_output_file(args.csv, "--csv")
+    if args.json not in (None, "-"):
+        check_output_file(args.json, "--json")
     rows, skipped = [], []
     if args.runs:
         rows = _profile_runs(args)
@@ -718,24 +729,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directories to profile at their own sizes (instead of --backbones ...)",
     )
     profile.add_argument("--checkpoint", choices=("last", "best"), default="last")
-    profile.add_argument(
+    models = profile.add_argument_group(
+        "models", "fresh models to count instead of RUN directories (not with a RUN)"
+    )
+    models.add_argument(
         "--backbones",
         nargs="+",
-        default=["elunet", "unet"],
         choices=list_backbones(),
         metavar="NAME",
-        help=f"backbones to count (from: {', '.join(list_backbones())})",
+        help=f"backbones to count (from: {', '.join(list_backbones())}; default elunet unet)",
     )
-    profile.add_argument("--heads", nargs="+", default=list(HEAD_CHOICES), choices=HEAD_CHOICES)
-    profile.add_argument("--input-sizes", nargs="+", type=int, default=[16, 32, 64], metavar="R")
-    profile.add_argument(
+    models.add_argument("--heads", nargs="+", choices=HEAD_CHOICES, help="default: none plain skip")
+    models.add_argument("--input-sizes", nargs="+", type=int, metavar="R", help="default: 16 32 64")
+    models.add_argument(
         "--output-size",
         type=int,
-        default=256,
         help="ground-truth resolution the head up-scales to (default 256)",
     )
-    profile.add_argument("--in-channels", type=int, default=4, help="image channels (default 4)")
-    profile.add_argument("--classes", type=int, default=4, help="output classes (default 4)")
+    models.add_argument("--in-channels", type=int, help="image channels (default 4)")
+    models.add_argument("--classes", type=int, help="output classes (default 4)")
     profile.add_argument(
         "--no-memory",
         action="store_true",
@@ -749,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the rows as JSON to FILE; alone, print JSON instead of the table",
     )
-    profile.set_defaults(func=cmd_profile)
+    profile.set_defaults(func=cmd_profile, parser=profile)
 
     prepare = commands.add_parser(
         "prepare",
