@@ -242,6 +242,11 @@ def test_bench_files_are_written_all_or_none(result: dict, tmp_path: Path, monke
     [
         (["--threads", "0"], "error: --threads must be at least 1, got 0"),
         (["--threads", "-2"], "error: --threads must be at least 1, got -2"),
+        (["--resolutions", "16", "0"], "error: --resolutions must be at least 1, got 0"),
+        (
+            ["--peak-shape", "0", "4", "8"],
+            "error: --peak-shape values must be at least 1, got [0, 4, 8]",
+        ),
         (
             ["--backbone-kwargs", '{"nope": 1}'],
             "error: backbone 'elunet' has no option 'nope' (its options: base_width)",

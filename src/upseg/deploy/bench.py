@@ -518,6 +518,10 @@ def run_bench(
         raise ValueError(f"--threads must be at least 1, got {threads}")
     if min(output_size, in_channels, num_classes) < 1:
         raise ValueError("--output-size, --in-channels and --classes must be at least 1")
+    if min(resolutions, default=1) < 1:
+        raise ValueError(f"--resolutions must be at least 1, got {min(resolutions)}")
+    if min(peak_shape) < 1:
+        raise ValueError(f"--peak-shape values must be at least 1, got {list(peak_shape)}")
     threads = threads or default_threads()
     entries, skipped = load_bench_models(
         methods, resolutions, output_size, in_channels, num_classes, backbone_kwargs, checkpoint
