@@ -64,12 +64,15 @@ def int8_paths(out: str | Path) -> tuple[Path, Path]:
     return out.with_suffix(".int8.onnx"), out.with_suffix(".int8.json")
 
 
-def check_int8_settings(out: str | Path, max_dice_drop: float, calibration_slices: int) -> None:
-    """Bad settings or destinations fail (ValueError) before anything is computed."""
+def check_int8_settings(
+    destinations: list[Path], max_dice_drop: float, calibration_slices: int
+) -> None:
+    """Bad settings, or files that cannot be written, fail (ValueError) before anything is
+    computed."""
     if not max_dice_drop >= 0:  # NaN too
         raise ValueError(f"--max-dice-drop must be 0 or more, got {max_dice_drop:g}")
     calibration_positions(1, calibration_slices)
-    for path in (Path(out), *int8_paths(out)):
+    for path in destinations:
         check_output_file(path, "--out")
 
 
@@ -212,8 +215,9 @@ def quantize_export(
 
     run, fp32 = Path(run), Path(fp32)
     source = fp32 if staged_fp32 is None else Path(staged_fp32)
-    check_int8_settings(fp32, max_dice_drop, calibration_slices)
     int8_path, report_path = int8_paths(fp32)
+    written = [int8_path, report_path] + ([] if source == fp32 else [fp32])
+    check_int8_settings(written, max_dice_drop, calibration_slices)
     _, config, state = load_run(run, checkpoint)
     store = _run_store(config)
     train_data = run_dataset(config, store, "train")
@@ -321,7 +325,8 @@ def export_int8(
     (max |ONNX - PyTorch|, shapes). The fp32 model is exported under a temporary name and
     lands at `out` only with an accepted int8 model: on a refusal nothing is written."""
     out = Path(out)
-    check_int8_settings(out, options.get("max_dice_drop", 0.01), calibration_slices)
+    destinations = [out, *int8_paths(out)]
+    check_int8_settings(destinations, options.get("max_dice_drop", 0.01), calibration_slices)
     if not tolerance > 0:
         raise ValueError(f"--tolerance must be a positive number, got {tolerance:g}")
     model, config, _ = load_run(run, checkpoint)
