@@ -15,7 +15,7 @@ import torch
 
 from tests.helpers import run_cli, tiny_phantom_run
 from upseg.deploy import bench
-from upseg.deploy.bench_report import bench_table, write_bench
+from upseg.deploy.bench_report import BENCH_FILES, bench_table, write_bench
 from upseg.deploy.export import export_onnx
 from upseg.deploy.labels import add_label_output
 from upseg.models import build
@@ -189,3 +189,82 @@ def test_int8_runtime_runs_a_qdq_model_of_the_folded_export(tmp_path: Path) -> N
     labels = runtime.prepare(entry, "e2e", 2, ctx)()[0]  # checked against its own logits
     assert labels.shape == (2, 64, 64) and labels.dtype == np.int64
     assert set(np.unique(labels)) <= {0, 1, 2}
+
+
+QUICK_CLI = ["--runtimes", "torch-fp32", "--batches", "1", "--threads", "1", "--warmup", "1"]
+QUICK_CLI += ["--repeats", "1", "--rounds", "1", "--peak-shape", "1", "4", "8", "--quiet"]
+
+
+def _earlier_bench(out: Path) -> dict[str, bytes]:
+    """Files of an earlier bench in `out`, by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: f"earlier {name}".encode() for name in BENCH_FILES}
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    return files
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_nothing_measured_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    earlier = _earlier_bench(out)
+    args = ["bench", "--methods", "elunet+plain", "--resolutions", "48", "--output-size", "32"]
+    result = run_cli(*args, *QUICK_CLI, "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: nothing was measured (every case was skipped, reasons above); nothing "
+        f"written to {out}"
+    )
+    assert "Skipped all for elunet+plain at 48: " in result.stdout
+    assert _contents(out) == earlier
+    with pytest.raises(ValueError, match="measured nothing"):
+        write_bench({"rows": []}, tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+
+
+def test_bench_files_are_written_all_or_none(result: dict, tmp_path: Path, monkeypatch) -> None:
+    earlier = _earlier_bench(tmp_path)
+
+    def broken_figure(*args, **kwargs) -> None:
+        raise RuntimeError("no figure today")
+
+    monkeypatch.setattr("upseg.plots.latency_figure", broken_figure)
+    with pytest.raises(RuntimeError, match="no figure today"):
+        write_bench(result, tmp_path)
+    assert _contents(tmp_path) == earlier  # no file replaced, no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--threads", "0"], "error: --threads must be at least 1, got 0"),
+        (["--threads", "-2"], "error: --threads must be at least 1, got -2"),
+        (["--resolutions", "16", "0"], "error: --resolutions must be at least 1, got 0"),
+        (
+            ["--peak-shape", "0", "4", "8"],
+            "error: --peak-shape values must be at least 1, got [0, 4, 8]",
+        ),
+        (
+            ["--backbone-kwargs", '{"nope": 1}'],
+            "error: backbone 'elunet' has no option 'nope' (its options: base_width)",
+        ),
+    ],
+)
+def test_bad_settings_are_usage_errors(flags: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = run_cli("bench", "--methods", "elunet", *QUICK_CLI, *flags, "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_timing(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    out.write_text("keep")
+    result = run_cli("bench", "--methods", "elunet", *QUICK_CLI, "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --out {out}: is a file, not a folder"
+    assert out.read_text() == "keep"

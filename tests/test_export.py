@@ -52,10 +52,79 @@ def test_export_round_trip(backbone: str, head: str | None, size: int, tmp_path:
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
-def test_mismatch_writes_nothing(tmp_path: Path) -> None:
+class _OffSession:
+    """An onnxruntime session whose outputs are 1 off: a mismatch."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.session = ORT_SESSION(*args, **kwargs)
+
+    def run(self, *args, **kwargs) -> list:
+        return [out + 1.0 for out in self.session.run(*args, **kwargs)]
+
+
+ORT_SESSION = ort.InferenceSession
+
+
+def test_mismatch_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ort, "InferenceSession", _OffSession)
     model = build("elunet", 1, 2, 16, 32, base_width=4)
     with pytest.raises(ExportError, match="nothing was written"):
-        export_onnx(model, tmp_path / "m.onnx", tolerance=-1.0)
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tolerance", ["-1", "0", "nan"])
+def test_tolerance_must_be_positive(tolerance: str, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    args = ["export", "--backbone", "elunet", "--input-size", "16", "--out", str(out)]
+    result = run_cli(*args, "--tolerance", tolerance)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --tolerance must be a positive number, got {tolerance}"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_destination_that_cannot_be_a_file_fails_before_the_export(tmp_path: Path) -> None:
+    folder, afile = tmp_path / "d", tmp_path / "afile"
+    folder.mkdir()
+    afile.write_text("keep")
+    fresh = ["export", "--backbone", "elunet", "--input-size", "16", "--output-size", "32"]
+    result = run_cli(*fresh, "--out", str(folder))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: --out {folder}: is a folder; give a file name inside it or elsewhere"
+    )
+    result = run_cli(*fresh, "--out", str(afile / "m.onnx"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"error: --out {afile / 'm.onnx'}: {afile} is a file, not a folder"
+    )
+    # nothing written, no temporary file left behind, the file untouched
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["afile", "d"]
+    assert afile.read_text() == "keep"
+
+
+def test_failed_rename_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    def refuse(src, dst) -> None:
+        raise OSError(f"cannot rename {src} to {dst}")
+
+    monkeypatch.setattr("upseg.deploy.export.os.replace", refuse)
+    model = build("elunet", 1, 2, 16, 32, base_width=4)
+    with pytest.raises(OSError, match="cannot rename"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_flags_beside_a_run_are_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"  # refused before the run is even read
+    args = ["export", str(run), "--out", str(tmp_path / "m.onnx")]
+    result = run_cli(*args, "--backbone", "unet", "--input-size", "32", "--classes", "4")
+    assert result.returncode == 2
+    assert "a RUN directory brings its own model; drop --backbone --input-size --classes" in (
+        result.stderr
+    )
     assert list(tmp_path.iterdir()) == []
 
 

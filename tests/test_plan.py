@@ -116,3 +116,78 @@ def test_plan_cli(tmp_path: Path) -> None:
     result = run_cli("plan", "--sweep", str(sweep), "--bench", str(tmp_path), "--budget-ms", "9")
     assert result.returncode == 1
     assert f"{tmp_path / 'bench.json'}: no bench results here" in result.stderr
+
+
+def _plan_args(tmp_path: Path, sweep_rows: list[dict], bench: object) -> list[str]:
+    sweep, bench_dir = tmp_path / "sweep", tmp_path / "bench"
+    write_csv(sweep / "sweep.csv", sweep_rows)
+    write_json(bench_dir / "bench.json", bench)
+    return ["plan", "--sweep", str(sweep), "--bench", str(bench_dir), "--budget-ms", "15"]
+
+
+@pytest.mark.parametrize("metric", ["method", "input", "runs", "foreground_dice_std", "nope"])
+def test_metric_must_be_a_score_column(metric: str, tmp_path: Path) -> None:
+    sweep = [{**row, "foreground_dice_std": 0.01} for row in SWEEP]
+    result = run_cli(*_plan_args(tmp_path, sweep, {"rows": BENCH}), "--metric", metric)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: --metric {metric!r} is not a score column of the sweep; choose from "
+        "foreground_dice, paper_jaccard"
+    )
+
+
+@pytest.mark.parametrize(
+    ("bench", "problem"),
+    [
+        ({"rows": 3}, 'not a bench.json (needs a list of rows under "rows")'),
+        ([1, 2], 'not a bench.json (needs a list of rows under "rows")'),
+        ({"rows": [BENCH[0], "x"]}, "row 2 of 2 is not an object"),
+        ({"rows": [{"method": "elunet", "input": 16}]}, "row 1 of 1 lacks runtime, mode, batch"),
+        ({"rows": [{**BENCH[0], "p90_ms": "fast"}]}, "row 1 of 1: p90_ms 'fast' is not a number"),
+        ({"rows": [{**BENCH[0], "input": "x16"}]}, "row 1 of 1: input 'x16' is not a whole"),
+    ],
+)
+def test_malformed_bench_json_names_the_file(bench: object, problem: str, tmp_path: Path) -> None:
+    result = run_cli(*_plan_args(tmp_path, SWEEP, bench))
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'bench' / 'bench.json'}: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"input": "x16"}, "line 3: input 'x16' is not a whole number"),
+        ({"foreground_dice": "good"}, "line 3: foreground_dice 'good' is not a number"),
+    ],
+)
+def test_malformed_sweep_csv_names_the_file(change: dict, problem: str, tmp_path: Path) -> None:
+    sweep = [SWEEP[0], {**SWEEP[1], **change}, *SWEEP[2:]]
+    result = run_cli(*_plan_args(tmp_path, sweep, {"rows": BENCH}))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {tmp_path / 'sweep' / 'sweep.csv'}: {problem}"
+
+
+def test_short_sweep_line_names_the_file(tmp_path: Path) -> None:
+    args = _plan_args(tmp_path, SWEEP, {"rows": BENCH})
+    path = tmp_path / "sweep" / "sweep.csv"
+    path.write_text(path.read_text() + "elunet,64\n")
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {path}: line 7 does not have the header's 5 fields")
+
+
+def test_plan_without_rows_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "plan.csv").write_text("earlier")
+    args = _plan_args(tmp_path, SWEEP, {"rows": [_bench("basicunet", 16, "ort-fp32", 3.0)]})
+    result = run_cli(*args, "--out", str(out))
+    assert result.returncode == 1 and f"nothing written to {out}" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["plan.csv"]
+    assert (out / "plan.csv").read_text() == "earlier"
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    result = run_cli(*args, "--out", str(afile))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --out {afile}: is a file, not a folder"

@@ -110,3 +110,41 @@ def test_profile_of_a_run_directory(tmp_path: Path) -> None:
     assert float(row["activation_mb"]) > 0 and float(row["peak_mb"]) > 0
     missing = run_cli("profile", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "checkpoints/last.pt" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--output-size", "0"], "--output-size must be at least 1, got 0"),
+        (["--input-sizes", "16", "-16"], "--input-sizes must be at least 1, got -16"),
+        (["--in-channels", "0"], "--in-channels must be at least 1, got 0"),
+        (["--classes", "0"], "--classes must be at least 1, got 0"),
+    ],
+)
+def test_profile_sizes_must_be_positive(flags: list[str], message: str) -> None:
+    result = run_cli("profile", "--backbones", "elunet", "--no-memory", *flags)
+    assert result.returncode == 2
+    assert result.stdout == "" and result.stderr.strip() == f"error: {message}"
+
+
+def test_profile_destinations_are_checked_first(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    args = ["profile", "--backbones", "elunet", "--heads", "none", "--no-memory"]
+    for flag in ("--csv", "--json"):
+        result = run_cli(*args, flag, str(afile / "cost.out"))
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.strip() == (
+            f"error: {flag} {afile / 'cost.out'}: {afile} is a file, not a folder"
+        )
+        result = run_cli(*args, flag, str(tmp_path))
+        assert result.returncode == 2
+        assert f"error: {flag} {tmp_path}: is a folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_model_flags_beside_runs_are_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"  # refused before the run is even read
+    result = run_cli("profile", str(run), "--backbones", "unet", "--input-sizes", "32")
+    assert result.returncode == 2
+    assert "a RUN directory brings its own model; drop --backbones --input-sizes" in result.stderr

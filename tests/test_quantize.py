@@ -13,6 +13,7 @@ import torch
 
 from tests.helpers import run_cli
 from upseg.data import PhantomReader, SliceStore, prepare
+from upseg.deploy import quantize
 from upseg.deploy.quantize import (
     SliceCalibration,
     calibration_positions,
@@ -134,28 +135,56 @@ def test_calibration_positions_are_deterministic_and_spread() -> None:
         calibration_positions(32, 0)
 
 
-def test_refused_int8_writes_no_model(run: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def worse_int8(monkeypatch) -> None:
+    """The int8 model (scored second) loses half a point of foreground Dice: refused."""
+    real, calls = quantize.score, []
+
+    def score(*args, **kwargs) -> dict:
+        summary = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            summary = {**summary, "foreground_dice": summary["foreground_dice"] - 0.5}
+        return summary
+
+    monkeypatch.setattr(quantize, "score", score)
+
+
+def test_refused_int8_writes_nothing(run: Path, tmp_path: Path, worse_int8) -> None:
     out = tmp_path / "m.onnx"
-    result = run_cli(
-        "export", str(run), "--out", str(out), "--int8", "--calibration-slices", "4",
-        "--max-dice-drop", "-1",
-    )  # fmt: skip
+    args = ["export", str(run), "--out", str(out), "--int8", "--calibration-slices", "4"]
+    result = run_cli(*args)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "not written" in lines[0]
-    assert "--force-int8" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing written" in lines[0]
+    assert "fell by 0.5" in lines[0] and "--force-int8" in lines[0]
     assert "foreground Dice" in result.stdout  # the table is still printed
-    # the fp32 model (checked against PyTorch) and the report stay; no int8 model, no temp file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.json", "m.onnx"]
-    report = json.loads((tmp_path / "m.int8.json").read_text())
-    assert not report["int8"]["written"] and "fell by" in report["int8"]["refused"]
+    assert f"exported (not written) {out}" in result.stdout
+    # no fp32 model, no int8 model, no report, no temporary file
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_force_writes_int8_past_the_threshold(run: Path, exported, tmp_path: Path) -> None:
+def test_refused_int8_leaves_an_earlier_export_untouched(
+    run: Path, tmp_path: Path, worse_int8
+) -> None:
+    earlier = {"m.onnx": b"fp32 before", "m.int8.onnx": b"int8 before", "m.int8.json": b"{}"}
+    for name, content in earlier.items():
+        (tmp_path / name).write_bytes(content)
+    out = tmp_path / "m.onnx"
+    args = ["export", str(run), "--out", str(out), "--int8", "--calibration-slices", "4"]
+    result = run_cli(*args)
+    assert result.returncode == 1 and "nothing written" in result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier
+
+
+def test_force_writes_int8_past_the_threshold(
+    run: Path, exported, tmp_path: Path, worse_int8
+) -> None:
     fp32 = tmp_path / "m.onnx"
     shutil.copy(exported[0], fp32)
-    report = quantize_export(run, fp32, calibration_slices=4, max_dice_drop=-1.0, force=True)
+    report = quantize_export(run, fp32, calibration_slices=4, force=True)
     assert report["int8"]["written"] and report["int8"]["forced"]
+    assert report["change"]["foreground_dice"] < -0.4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.json", "m.int8.onnx", "m.onnx"]
     out = _session(tmp_path / "m.int8.onnx").run(None, {"image": np.zeros((2, 4, 16, 16), "f4")})
     assert out[0].shape == (2, 4, 64, 64)
@@ -167,6 +196,14 @@ def test_int8_usage_errors(run: Path, tmp_path: Path) -> None:
     assert fresh.returncode == 2 and "--int8 needs a trained RUN" in fresh.stderr
     zero = run_cli("export", str(run), "--out", out, "--int8", "--calibration-slices", "0")
     assert zero.returncode == 2 and "--calibration-slices must be at least 1" in zero.stderr
+    for drop in ("-0.5", "nan"):
+        negative = run_cli("export", str(run), "--out", out, "--int8", "--max-dice-drop", drop)
+        assert negative.returncode == 2
+        assert negative.stderr.strip() == f"error: --max-dice-drop must be 0 or more, got {drop}"
+    (tmp_path / "m.int8.json").mkdir()  # the report cannot be written: refused up front
+    folder = run_cli("export", str(run), "--out", out, "--int8")
+    assert folder.returncode == 2 and f"{tmp_path / 'm.int8.json'}: is a folder" in folder.stderr
+    (tmp_path / "m.int8.json").rmdir()
     # a run whose store has gone: one line naming the store, before anything is exported
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)

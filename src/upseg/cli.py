@@ -64,9 +64,20 @@ def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from upseg.deploy.outputs import check_output_file
     from upseg.models import method_name
     from upseg.profile import profile_row
 
+    _model_flags(args, PROFILE_MODEL_FLAGS, "a RUN directory" if args.runs else "")
+    sizes = {"--input-sizes": min(args.input_sizes), "--output-size": args.output_size}
+    sizes.update({"--in-channels": args.in_channels, "--classes": args.classes})
+    for flag, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.csv:
+        check_output_file(args.csv, "--csv")
+    if args.json not in (None, "-"):
+        check_output_file(args.json, "--json")
     rows, skipped = [], []
     if args.runs:
         rows = _profile_runs(args)
@@ -377,12 +388,45 @@ def _int8_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# flags that build a fresh model in `export` (with their defaults there) and `profile`
+EXPORT_MODEL_FLAGS = {
+    "backbone": None,
+    "head": "plain",
+    "input_size": None,
+    "output_size": 256,
+    "in_channels": 4,
+    "classes": 4,
+}
+PROFILE_MODEL_FLAGS = {
+    "backbones": ["elunet", "unet"],
+    "heads": list(HEAD_CHOICES),
+    "input_sizes": [16, 32, 64],
+    "output_size": 256,
+    "in_channels": 4,
+    "classes": 4,
+}
+
+
+def _model_flags(args: argparse.Namespace, defaults: dict[str, object], what: str) -> None:
+    """Refuse model flags beside run directories (a run brings its own model); otherwise
+    fill in the defaults of those not given."""
+    given = [f"--{k.replace('_', '-')}" for k in defaults if getattr(args, k) is not None]
+    if what and given:
+        args.parser.error(f"{what} brings its own model; drop {' '.join(given)}")
+    for key, default in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from upseg.deploy.export import export_onnx
+    from upseg.deploy.outputs import check_output_file
     from upseg.models import build
 
+    _model_flags(args, EXPORT_MODEL_FLAGS, "a RUN directory" if args.run is not None else "")
     if args.int8:
         return _export_int8(args)
+    check_output_file(args.out, "--out")
     if args.run is not None:
         from upseg.train import load_run
 
@@ -404,11 +448,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_export(result: dict) -> None:
+def _print_export(result: dict, written: bool = True) -> None:
     print(
-        f"wrote {result['path']}: image {result['input']} -> logits {result['output']} "
-        f"(dynamic batch); checked against PyTorch at batch 1 and 3, max |diff| "
-        f"{result['max_abs_diff']:.2e}"
+        f"{'wrote' if written else 'exported (not written)'} {result['path']}: image "
+        f"{result['input']} -> logits {result['output']} (dynamic batch); checked against "
+        f"PyTorch at batch 1 and 3, max |diff| {result['max_abs_diff']:.2e}"
     )
 
 
@@ -430,7 +474,7 @@ def _export_int8(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
         )
     except Int8RefusedError as refused:
-        _print_export(refused.report["export"])
+        _print_export(refused.report["export"], written=False)
         print(_int8_table(refused.report))
         raise
     _print_export(report["export"])
@@ -482,9 +526,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from upseg.deploy.plan import plan, read_bench, read_sweep
-    from upseg.io import write_json
+    from upseg.deploy.outputs import check_output_folder
+    from upseg.deploy.plan import PLAN_FILES, plan, read_bench, read_sweep, write_plan
 
+    if args.out:
+        check_output_folder(args.out, "--out", PLAN_FILES)
     result = plan(
         read_sweep(args.sweep),
         read_bench(args.bench),
@@ -516,19 +562,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(_markdown_table(table, list(table[0])))
     for line in result["missing"]:
         print(f"not judged: {line}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        if rows:
-            write_csv(args.out / "plan.csv", rows)
-        write_json(args.out / "plan.json", {**result, "budget_ms": args.budget_ms})
-        print(f"wrote {args.out / 'plan.json'}")
     if not rows:
         print(
             "error: no swept model has a measured latency; run upseg bench on this device "
-            "with the sweep's methods and input sizes",
+            "with the sweep's methods and input sizes"
+            + (f" (nothing written to {args.out})" if args.out else ""),
             file=sys.stderr,
         )
         return 1
+    if args.out:
+        for path in write_plan(result, args.out, args.budget_ms):
+            print(f"wrote {path}")
     if pick is None:
         fastest = rows[0]
         print(
@@ -547,8 +591,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from upseg.deploy.bench import run_bench
-    from upseg.deploy.bench_report import bench_preamble, bench_table, write_bench
+    from upseg.deploy.bench_report import BENCH_FILES, bench_preamble, bench_table, write_bench
+    from upseg.deploy.outputs import check_output_folder
 
+    check_output_folder(args.out, "--out", BENCH_FILES)
     if args.keep_freed_memory:
         from upseg.runtime import keep_freed_memory
 
@@ -574,10 +620,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result["settings"]["command"] = "upseg " + " ".join(args.argv)
     result["settings"]["keep_freed_memory"] = args.keep_freed_memory
     print(bench_preamble(result) + "\n")
+    if not result["rows"]:
+        print(
+            f"error: nothing was measured (every case was skipped, reasons above); nothing "
+            f"written to {args.out}",
+            file=sys.stderr,
+        )
+        return 1
     print(bench_table(result))
     for path in write_bench(result, args.out):
         print(f"wrote {path}")
-    return 0 if result["rows"] else 1
+    return 0
 
 
 def _bool(text: str) -> bool:
@@ -683,24 +736,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directories to profile at their own sizes (instead of --backbones ...)",
     )
     profile.add_argument("--checkpoint", choices=("last", "best"), default="last")
-    profile.add_argument(
+    models = profile.add_argument_group(
+        "models", "fresh models to count instead of RUN directories (not with a RUN)"
+    )
+    models.add_argument(
         "--backbones",
         nargs="+",
-        default=["elunet", "unet"],
         choices=list_backbones(),
         metavar="NAME",
-        help=f"backbones to count (from: {', '.join(list_backbones())})",
+        help=f"backbones to count (from: {', '.join(list_backbones())}; default elunet unet)",
     )
-    profile.add_argument("--heads", nargs="+", default=list(HEAD_CHOICES), choices=HEAD_CHOICES)
-    profile.add_argument("--input-sizes", nargs="+", type=int, default=[16, 32, 64], metavar="R")
-    profile.add_argument(
+    models.add_argument("--heads", nargs="+", choices=HEAD_CHOICES, help="default: none plain skip")
+    models.add_argument("--input-sizes", nargs="+", type=int, metavar="R", help="default: 16 32 64")
+    models.add_argument(
         "--output-size",
         type=int,
-        default=256,
         help="ground-truth resolution the head up-scales to (default 256)",
     )
-    profile.add_argument("--in-channels", type=int, default=4, help="image channels (default 4)")
-    profile.add_argument("--classes", type=int, default=4, help="output classes (default 4)")
+    models.add_argument("--in-channels", type=int, help="image channels (default 4)")
+    models.add_argument("--classes", type=int, help="output classes (default 4)")
     profile.add_argument(
         "--no-memory",
         action="store_true",
@@ -714,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the rows as JSON to FILE; alone, print JSON instead of the table",
     )
-    profile.set_defaults(func=cmd_profile)
+    profile.set_defaults(func=cmd_profile, parser=profile)
 
     prepare = commands.add_parser(
         "prepare",
@@ -913,17 +967,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", type=Path, nargs="?", help="run directory (or use --backbone)")
     export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--checkpoint", choices=("last", "best"), default="last")
-    export.add_argument("--backbone", choices=list_backbones())
-    export.add_argument("--head", choices=HEAD_CHOICES, default="plain")
-    export.add_argument("--input-size", type=int)
-    export.add_argument("--output-size", type=int, default=256)
-    export.add_argument("--in-channels", type=int, default=4)
-    export.add_argument("--classes", type=int, default=4)
+    fresh = export.add_argument_group(
+        "fresh model", "a model with random weights instead of a RUN (not with a RUN)"
+    )
+    fresh.add_argument("--backbone", choices=list_backbones())
+    fresh.add_argument("--head", choices=HEAD_CHOICES, help="default plain")
+    fresh.add_argument("--input-size", type=int)
+    fresh.add_argument("--output-size", type=int, help="default 256")
+    fresh.add_argument("--in-channels", type=int, help="default 4")
+    fresh.add_argument("--classes", type=int, help="default 4")
     export.add_argument(
         "--tolerance",
         type=float,
         default=1e-4,
-        help="largest allowed |ONNX - PyTorch| (default 1e-4)",
+        help="largest allowed |ONNX - PyTorch|, positive (default 1e-4)",
     )
     int8 = export.add_argument_group(
         "int8",
@@ -944,8 +1001,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.01,
         metavar="D",
-        help="refuse the int8 model if its foreground Dice is more than D below fp32's "
-        "(default 0.01, one point)",
+        help="refuse the int8 model if its foreground Dice is more than D (>= 0) below "
+        "fp32's (default 0.01, one point); on a refusal nothing is written and files "
+        "already there stay as they were",
     )
     int8.add_argument(
         "--force-int8", action="store_true", help="write the int8 model even past --max-dice-drop"
@@ -1014,13 +1072,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="p90_ms",
         help="latency statistic held against the budget (default p90_ms)",
     )
-    plan.add_argument("--metric", default="foreground_dice", help="a sweep.csv column")
+    plan.add_argument(
+        "--metric",
+        default="foreground_dice",
+        help="a score column of sweep.csv (default foreground_dice)",
+    )
     plan.add_argument(
         "--include-int8",
         action="store_true",
         help="also use int8 runtimes' timings (the sweep's scores are those of the fp32 models)",
     )
-    plan.add_argument("--out", type=Path, help="folder for plan.csv and plan.json")
+    plan.add_argument(
+        "--out",
+        type=Path,
+        help="folder for plan.csv and plan.json (written together, only when some model "
+        "was judged)",
+    )
     plan.set_defaults(func=cmd_plan)
     bench = commands.add_parser(
         "bench",
@@ -1054,7 +1121,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output-size", type=int, default=256, help="R (default 256)")
     bench.add_argument("--in-channels", type=int, default=4)
     bench.add_argument("--classes", type=int, default=4)
-    bench.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    bench.add_argument(
+        "--threads", type=int, help="intra-op threads, at least 1 (default: all cores)"
+    )
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     bench.add_argument("--warmup", type=int, default=5, help="untimed calls per case")
     bench.add_argument("--repeats", type=int, default=30, help="timed calls per case")
@@ -1074,7 +1143,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="apply upseg.runtime.keep_freed_memory() (glibc malloc) first, as training does",
     )
-    bench.add_argument("--out", type=Path, required=True, help="folder for bench.{md,csv,json}")
+    bench.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for bench.{md,csv,json} and the figure, written together only when "
+        "something was measured",
+    )
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -67,6 +67,21 @@ def test_bad_arguments_say_what_to_do(kwargs: dict, message: str) -> None:
         build(**args)
 
 
+@pytest.mark.parametrize(
+    ("backbone", "options", "message"),
+    [
+        ("unet", {"nope": 1}, r"backbone 'unet' has no option 'nope' \(its options: base_width\)"),
+        ("elunet", {"base_width": "x"}, r"backbone 'elunet' cannot be built with options"),
+        ("basicunet", {"nope": 1}, r"backbone 'basicunet' cannot be built.*'nope'"),
+    ],
+)
+def test_bad_backbone_options_name_the_backbone_and_the_option(
+    backbone: str, options: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(backbone, 1, 2, 16, **options)
+
+
 def test_input_that_does_not_fit_the_backbone() -> None:
     model = build("elunet", 1, 2, 16, 64, base_width=4)
     with pytest.raises(ValueError, match="multiples of 16"):

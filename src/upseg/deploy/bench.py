@@ -429,6 +429,7 @@ def load_bench_models(
     or run directories (their own weights and sizes; `resolutions` do not apply to them).
     Returns the models and the skipped (method, input, reason) combinations."""
     from upseg.models import build, method_name
+    from upseg.models.registry import make_backbone
     from upseg.profile import count_macs
     from upseg.sweep import parse_method
 
@@ -445,6 +446,9 @@ def load_bench_models(
             continue
         method = parse_method(str(spec))
         head = None if method.head == "none" else method.head
+        if backbone_kwargs:  # bad options are bad usage, not a skipped size: fail here
+            with torch.device("meta"):
+                make_backbone(method.backbone, in_channels, num_classes, **backbone_kwargs)
         for size in resolutions:
             try:
                 model = build(
@@ -510,6 +514,14 @@ def run_bench(
         raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
     if min(batches) < 1 or repeats < 1 or rounds < 1 or warmup < 0:
         raise ValueError("batches, repeats and rounds must be at least 1, warmup at least 0")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    if min(output_size, in_channels, num_classes) < 1:
+        raise ValueError("--output-size, --in-channels and --classes must be at least 1")
+    if min(resolutions, default=1) < 1:
+        raise ValueError(f"--resolutions must be at least 1, got {min(resolutions)}")
+    if min(peak_shape) < 1:
+        raise ValueError(f"--peak-shape values must be at least 1, got {list(peak_shape)}")
     threads = threads or default_threads()
     entries, skipped = load_bench_models(
         methods, resolutions, output_size, in_channels, num_classes, backbone_kwargs, checkpoint

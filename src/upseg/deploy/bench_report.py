@@ -3,11 +3,13 @@ JSON and the figure of paper Fig. 6."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from upseg.io import write_csv, write_json, write_text_atomic
 
 _MODES = (("forward", "forward"), ("e2e", "end-to-end"))
+BENCH_FILES = ("bench.md", "bench.json", "bench.csv", "bench-fig6.png")
 
 
 def _ms(value: float) -> str:
@@ -78,27 +80,35 @@ def bench_preamble(result: dict) -> str:
 
 
 def write_bench(result: dict, out: str | Path) -> list[Path]:
-    """bench.md, bench.csv (one row per case and mode), bench.json (everything) and
-    bench-fig6.png under `out`."""
+    """bench.md, bench.json (everything), bench.csv (one row per case and mode) and
+    bench-fig6.png under `out` (BENCH_FILES): all four or none. Each is written under a
+    temporary name first and the four are renamed into place only once all exist, so a
+    failure leaves the files of an earlier bench as they were. A result without rows (every
+    case skipped) is a ValueError: there is nothing to write."""
     from upseg.plots import latency_figure
 
+    rows = result["rows"]
+    if not rows:
+        raise ValueError("the bench measured nothing (every case was skipped); nothing to write")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [
-        write_text_atomic(
-            out / "bench.md", bench_preamble(result) + "\n\n" + bench_table(result) + "\n"
-        ),
-        write_json(out / "bench.json", result),
-    ]
-    if result["rows"]:
-        written.append(write_csv(out / "bench.csv", result["rows"]))
-        machine = result["machine"]
-        written.append(
-            latency_figure(
-                result["rows"],
-                out / "bench-fig6.png",
-                f"Inference time against input resolution ({machine['device']}, "
-                f"{machine['threads']} threads)",
-            )
+    final = [out / name for name in BENCH_FILES]
+    # the suffix stays last: the figure's format follows it
+    staged = [p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}") for p in final]
+    machine = result["machine"]
+    try:
+        write_text_atomic(staged[0], bench_preamble(result) + "\n\n" + bench_table(result) + "\n")
+        write_json(staged[1], result)
+        write_csv(staged[2], rows)
+        latency_figure(
+            rows,
+            staged[3],
+            f"Inference time against input resolution ({machine['device']}, "
+            f"{machine['threads']} threads)",
         )
-    return written
+        for tmp, path in zip(staged, final, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+    return final

@@ -5,7 +5,8 @@ head model, (B, Nc, r, r) for a baseline. A head is exported folded into one con
 depth-to-space step (upseg.models.folded_head; `fold=False` keeps its stages). Every export is
 checked against the PyTorch model as trained, stages and all, with onnxruntime on random
 inputs at two batch sizes; a file whose outputs differ by more than `tolerance` is not
-written.
+written. The file is written under a temporary name and renamed at the end: a failure
+leaves whatever was at the path before untouched and no temporary file behind.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from upseg.deploy.outputs import check_output_file
 from upseg.errors import TrainingError
 from upseg.models import LowResSegmenter
 from upseg.models.folded_head import fold_model
@@ -36,10 +38,13 @@ def export_onnx(
     opset: int = 18,
     fold: bool = True,
 ) -> dict:
-    """Write `path` and return {"path", "max_abs_diff", "batches", "input", "output"}."""
+    """Write `path` and return {"path", "max_abs_diff", "batches", "input", "output"}.
+    `tolerance`: the largest allowed |ONNX - PyTorch| (> 0)."""
     import onnxruntime as ort
 
-    path = Path(path)
+    if not tolerance > 0:  # NaN too
+        raise ValueError(f"--tolerance must be a positive number, got {tolerance:g}")
+    path = check_output_file(path, "--out")
     model = model.eval()
     in_channels = model.in_channels
     if in_channels is None:
@@ -85,10 +90,10 @@ def export_onnx(
                 f"{path}: ONNX and PyTorch outputs differ by {worst:.3g} > {tolerance:g}; "
                 "nothing was written"
             )
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
     return {
         "path": str(path),
         "max_abs_diff": worst,

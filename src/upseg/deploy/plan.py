@@ -14,11 +14,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 from upseg.errors import DataError
+from upseg.io import write_csv, write_json
 
 STATS = ("median_ms", "p90_ms")
+PLAN_FILES = ("plan.csv", "plan.json")
 
 
 def architecture(method: str) -> str:
@@ -26,34 +29,105 @@ def architecture(method: str) -> str:
     return method.split(":", 1)[0]
 
 
+NOT_SCORES = ("method", "input", "output", "runs", "params", "gmac", "train_minutes")
+BENCH_KEYS = {
+    "method": str,
+    "runtime": str,
+    "mode": str,
+    "input": int,
+    "batch": int,
+    "median_ms": float,
+    "p90_ms": float,
+}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def read_sweep(path: str | Path) -> list[dict]:
-    """Rows of `sweep.csv` (a file, or the sweep folder holding it), numbers as floats."""
+    """Rows of `sweep.csv` (a file, or the sweep folder holding it): input as an int, and
+    every column with a number in it as floats (all of its cells must then be numbers)."""
     path = _locate(path, "sweep.csv", "upseg sweep")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"method", "input"} <= set(rows[0]):
-        raise DataError(path, "not a sweep.csv (needs method and input columns)")
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(path, f"not a readable CSV file ({error})") from None
+    if not rows or not {"method", "input"} <= set(header):
+        raise DataError(path, "not a sweep.csv (needs method and input columns, and rows)")
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise DataError(path, f"line {line} does not have the header's {len(header)} fields")
+    numeric = [k for k in header if k != "method" and any(_number(r[k]) is not None for r in rows)]
     out = []
-    for row in rows:
-        parsed: dict = {"method": row["method"], "input": int(row["input"])}
-        for key, value in row.items():
-            if key not in parsed:
-                try:
-                    parsed[key] = float(value)
-                except ValueError:
-                    parsed[key] = value
+    for line, row in enumerate(rows, start=2):
+        parsed: dict = dict(row)
+        try:
+            parsed["input"] = int(row["input"])
+        except ValueError:
+            raise DataError(
+                path, f"line {line}: input {row['input']!r} is not a whole number"
+            ) from None
+        for key in numeric:
+            if key != "input":
+                parsed[key] = _number(row[key])
+                if parsed[key] is None:
+                    raise DataError(path, f"line {line}: {key} {row[key]!r} is not a number")
         out.append(parsed)
     return out
 
 
 def read_bench(path: str | Path) -> list[dict]:
-    """Rows of `bench.json` (a file, or the bench folder holding it)."""
+    """Rows of `bench.json` (a file, or the bench folder holding it); each has at least
+    BENCH_KEYS, of those types."""
     path = _locate(path, "bench.json", "upseg bench")
     try:
-        rows = json.loads(path.read_text())["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(path, f"not a bench.json ({error})") from None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise DataError(path, 'not a bench.json (needs a list of rows under "rows")')
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(path, f"row {number} of {len(rows)} is not an object")
+        missing = [key for key in BENCH_KEYS if key not in row]
+        if missing:
+            raise DataError(path, f"row {number} of {len(rows)} lacks {', '.join(missing)}")
+        for key, kind in BENCH_KEYS.items():
+            value = row[key]
+            fits = isinstance(value, str) if kind is str else _is_number(value, kind is int)
+            if not fits:
+                raise DataError(
+                    path, f"row {number} of {len(rows)}: {key} {value!r} is not {_KINDS[kind]}"
+                )
     return rows
+
+
+_KINDS = {str: "text", int: "a whole number", float: "a number"}
+
+
+def _is_number(value: object, whole: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return float(value).is_integer() if whole else True
+
+
+def score_columns(sweep_rows: list[dict]) -> list[str]:
+    """Columns of the sweep that `--metric` can rank by: numbers, not settings or spreads."""
+    if not sweep_rows:
+        return []
+    return [
+        key
+        for key, value in sweep_rows[0].items()
+        if key not in NOT_SCORES and not key.endswith("_std") and _is_number(value)
+    ]
 
 
 def _locate(path: str | Path, name: str, command: str) -> Path:
@@ -84,8 +158,12 @@ def plan(
         raise ValueError(f"unknown statistic {stat!r}; choose one of {STATS}")
     if budget_ms <= 0:
         raise ValueError(f"the budget must be positive, not {budget_ms} ms")
-    if sweep_rows and metric not in sweep_rows[0]:
-        raise ValueError(f"the sweep has no {metric!r} column")
+    scores = score_columns(sweep_rows)
+    if sweep_rows and metric not in scores:
+        raise ValueError(
+            f"--metric {metric!r} is not a score column of the sweep; choose from "
+            f"{', '.join(scores) or '(none)'}"
+        )
     timings: dict[tuple[str, int], dict] = {}
     left_out: set[str] = set()
     for row in bench_rows:
@@ -131,3 +209,24 @@ def plan(
     candidates = [r for r in rows if r["fits"] and not math.isnan(r[metric])]
     pick = max(candidates, key=lambda r: (r[metric], -r[stat]), default=None)
     return {"rows": rows, "pick": pick, "missing": missing}
+
+
+def write_plan(result: dict, out: str | Path, budget_ms: float) -> list[Path]:
+    """plan.csv (the trade-off rows) and plan.json (everything) in `out`, together: both are
+    written under temporary names and renamed into place once both exist. A plan without
+    rows is a ValueError: there is nothing to write."""
+    if not result["rows"]:
+        raise ValueError("the plan has no rows; nothing to write")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    final = [out / name for name in PLAN_FILES]
+    staged = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in final]
+    try:
+        write_csv(staged[0], result["rows"])
+        write_json(staged[1], {**result, "budget_ms": budget_ms})
+        for tmp, path in zip(staged, final, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+    return final

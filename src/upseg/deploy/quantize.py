@@ -11,6 +11,11 @@ validation patients that judge the int8 model never set its ranges. Both ONNX mo
 scored with `upseg.evaluate.score` (logits stretched bilinearly to R for a baseline,
 confusion matrix at R); an int8 model whose foreground Dice is more than `max_dice_drop`
 below the fp32 model's is not written unless forced.
+
+The three files are written together or not at all: every file is made under a temporary
+name first, and only an accepted (or forced) int8 model renames them into place. A refusal
+or a failure leaves whatever was at those paths before untouched (so an older int8 model
+and its report stay consistent with each other); the comparison is then only printed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from upseg.data import LowResPairs, SliceStore
-from upseg.deploy.export import export_onnx
+from upseg.deploy.export import ExportError, export_onnx
+from upseg.deploy.outputs import check_output_file
 from upseg.errors import DataError, TrainingError
 from upseg.evaluate import score
 from upseg.io import write_json
@@ -56,6 +62,18 @@ def int8_paths(out: str | Path) -> tuple[Path, Path]:
     model.int8.json."""
     out = Path(out)
     return out.with_suffix(".int8.onnx"), out.with_suffix(".int8.json")
+
+
+def check_int8_settings(
+    destinations: list[Path], max_dice_drop: float, calibration_slices: int
+) -> None:
+    """Bad settings, or files that cannot be written, fail (ValueError) before anything is
+    computed."""
+    if not max_dice_drop >= 0:  # NaN too
+        raise ValueError(f"--max-dice-drop must be 0 or more, got {max_dice_drop:g}")
+    calibration_positions(1, calibration_slices)
+    for path in destinations:
+        check_output_file(path, "--out")
 
 
 def calibration_positions(num_items: int, count: int) -> np.ndarray:
@@ -182,18 +200,24 @@ def quantize_export(
     batch_size: int | None = None,
     progress: bool = False,
     export_record: dict | None = None,
+    staged_fp32: str | Path | None = None,
 ) -> dict:
     """Quantise `fp32` (the ONNX export of `run`'s `checkpoint`) to int8 beside it, score
     both on the run's validation split and write the report (see `int8_paths`).
+    `staged_fp32`: a temporary file holding the fp32 model, renamed to `fp32` only together
+    with the int8 model (`fp32` itself is then not read).
 
-    Returns the report. Raises Int8RefusedError, without writing the int8 model (the
-    report is still written), when int8 foreground Dice is more than `max_dice_drop` (0.01
-    = one point) below fp32, or undefined, unless `force`.
+    Returns the report. Raises Int8RefusedError, writing nothing (the files already at the
+    three paths stay as they were), when int8 foreground Dice is more than `max_dice_drop`
+    (0.01 = one point) below fp32, or undefined, unless `force`.
     """
     import onnxruntime as ort
 
     run, fp32 = Path(run), Path(fp32)
+    source = fp32 if staged_fp32 is None else Path(staged_fp32)
     int8_path, report_path = int8_paths(fp32)
+    written = [int8_path, report_path] + ([] if source == fp32 else [fp32])
+    check_int8_settings(written, max_dice_drop, calibration_slices)
     _, config, state = load_run(run, checkpoint)
     store = _run_store(config)
     train_data = run_dataset(config, store, "train")
@@ -201,11 +225,12 @@ def quantize_export(
     positions = calibration_positions(len(train_data), calibration_slices)
     reader = SliceCalibration(train_data, positions)
     tmp = int8_path.with_name(f".{int8_path.name}.{os.getpid()}.tmp")
+    report_tmp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
     try:
-        quantize_onnx(fp32, tmp, reader, per_channel)
+        quantize_onnx(source, tmp, reader, per_channel)
         batch = batch_size or config.batch_size
         results = {}
-        for name, path in (("fp32", fp32), ("int8", tmp)):
+        for name, path in (("fp32", source), ("int8", tmp)):
             results[name] = score(
                 OnnxModel(path), val_data, store.class_names, batch, progress=progress
             )
@@ -220,7 +245,7 @@ def quantize_export(
             "input_size": config.input_size,
             "output_size": store.size,
             "onnxruntime": ort.__version__,
-            "fp32": {"path": str(fp32), "bytes": fp32.stat().st_size, **before},
+            "fp32": {"path": str(fp32), "bytes": source.stat().st_size, **before},
             "int8": {
                 "path": str(int8_path),
                 "bytes": tmp.stat().st_size,
@@ -261,16 +286,19 @@ def quantize_export(
                 f"({before['foreground_dice']:.4f} -> {after['foreground_dice']:.4f})"
             )
             report["int8"]["refused"] = reason
-            write_json(report_path, report)
             raise Int8RefusedError(
-                f"{int8_path}: not written, int8 {reason}; see {report_path} "
-                "(--force-int8 writes it anyway)",
+                f"{int8_path}: int8 {reason}; nothing written, files already there are "
+                "untouched (--force-int8 writes it anyway)",
                 report,
             )
+        write_json(report_tmp, report)
+        if source != fp32:
+            os.replace(source, fp32)
         os.replace(tmp, int8_path)
+        os.replace(report_tmp, report_path)
     finally:
         tmp.unlink(missing_ok=True)
-    write_json(report_path, report)
+        report_tmp.unlink(missing_ok=True)
     return report
 
 
@@ -294,11 +322,30 @@ def export_int8(
 ) -> dict:
     """Export `run` to `out` (fp32, checked against PyTorch), then `quantize_export` it
     (`options`: its keyword arguments). The report gets "export": the fp32 export's record
-    (max |ONNX - PyTorch|, shapes)."""
+    (max |ONNX - PyTorch|, shapes). The fp32 model is exported under a temporary name and
+    lands at `out` only with an accepted int8 model: on a refusal nothing is written."""
+    out = Path(out)
+    destinations = [out, *int8_paths(out)]
+    check_int8_settings(destinations, options.get("max_dice_drop", 0.01), calibration_slices)
+    if not tolerance > 0:
+        raise ValueError(f"--tolerance must be a positive number, got {tolerance:g}")
     model, config, _ = load_run(run, checkpoint)
-    calibration_positions(1, calibration_slices)  # bad settings fail before the export
     _run_store(config)
-    exported = export_onnx(model, out, tolerance=tolerance)
-    return quantize_export(
-        run, out, checkpoint, calibration_slices, export_record=exported, **options
-    )
+    staged = out.with_name(f".{out.name}.{os.getpid()}.fp32.onnx")
+    try:
+        try:
+            exported = export_onnx(model, staged, tolerance=tolerance)
+        except ExportError as error:  # name the file the user asked for
+            raise ExportError(str(error).replace(str(staged), str(out))) from None
+        exported["path"] = str(out)
+        return quantize_export(
+            run,
+            out,
+            checkpoint,
+            calibration_slices,
+            export_record=exported,
+            staged_fp32=staged,
+            **options,
+        )
+    finally:
+        staged.unlink(missing_ok=True)

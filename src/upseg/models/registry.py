@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +44,39 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     except KeyError:
         raise ValueError(
             f"unknown backbone {name!r}; registered backbones: {', '.join(list_backbones())}"
+        ) from None
+
+
+def _options(factory: Callable[..., nn.Module]) -> tuple[list[str], bool]:
+    """Keyword options of `factory` after (in_channels, num_classes), and whether it also
+    passes on **kwargs (then its list is not complete)."""
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())[2:]
+    except (TypeError, ValueError):  # no signature to read
+        return [], True
+    names = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def make_backbone(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """The registered backbone `name`, built with its options `kwargs`. An option it does not
+    take, or a value it cannot use, is a ValueError naming the backbone and the option."""
+    spec = get_backbone_spec(name)
+    options, open_ended = _options(spec.factory)
+    unknown = [key for key in kwargs if key not in options]
+    if unknown and not open_ended:
+        raise ValueError(
+            f"backbone {name!r} has no option {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(options) or 'none'})"
+        )
+    try:
+        return spec.factory(in_channels, num_classes, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        if not kwargs:
+            raise
+        raise ValueError(
+            f"backbone {name!r} cannot be built with options {json.dumps(kwargs, default=str)}: "
+            f"{error}"
         ) from None
 
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from upseg.models.folded_head import FoldedHead
 from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead, resolve_head_init
-from upseg.models.registry import get_backbone_spec
+from upseg.models.registry import get_backbone_spec, make_backbone
 
 HeadKind = Literal["plain", "skip"] | None
 HEAD_KINDS: tuple[str | None, ...] = ("plain", "skip", None)
@@ -154,7 +154,7 @@ def build(
     if isinstance(backbone, nn.Module):
         _check_custom_backbone(net, in_channels, num_classes, input_size)
     else:
-        net = spec.factory(in_channels, num_classes, **backbone_kwargs)
+        net = make_backbone(spec.name, in_channels, num_classes, **backbone_kwargs)
     upscaler = (
         None
         if head is None
