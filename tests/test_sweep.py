@@ -170,7 +170,7 @@ def test_sweep_checks_everything_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="24"):  # 24 does not reach 64 by doubling
         run_sweep(store, out, ["elunet+plain"], [16, 24], **kwargs)
     assert not (out / "runs").exists()
-    with pytest.raises(ValueError, match="time limit"):
+    with pytest.raises(ValueError, match="not -1 minutes"):
         run_sweep(store, out, ["elunet"], [16], time_limit=-60, **kwargs)
     # the same method under two spellings, and a repeated seed, make one run
     report = run_sweep(
@@ -198,3 +198,21 @@ def test_sweep_names_a_damaged_run_file(tmp_path: Path) -> None:
     result = run_cli("sweep", *args)
     assert result.returncode == 1 and "config.yaml: not valid YAML" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sweep_goes_on_after_its_store_moves(tmp_path: Path) -> None:
+    store = prepare(
+        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
+        tmp_path / "store",
+        progress=False,
+    )
+    kwargs = {"epochs": 1, "batch_size": 2, "progress": False}
+    small = {"backbone_kwargs": {"base_width": 4}}
+    out = tmp_path / "s"
+    run_sweep(store, out, ["elunet"], [16], extra=small, **kwargs)
+    moved = store.rename(tmp_path / "moved")
+    run = out / "runs" / "elunet_r16_f0_s0"
+    (run / "evaluation" / "last_val.json").unlink()  # to be scored again from the moved store
+    report = run_sweep(moved, out, ["elunet"], [16], extra=small, **kwargs)
+    assert report["failed"] == [] and report["rows"][0]["runs"] == 1
+    assert (run / "evaluation" / "last_val.json").is_file()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -374,7 +375,7 @@ def test_run_folders_move_and_copy(store: Path, tmp_path: Path, monkeypatch) -> 
     # A copy resumes in the copy (here to a second epoch); the original stays as it was.
     copy = tmp_path / "elsewhere" / "copy"
     copy.parent.mkdir()
-    subprocess.run(["cp", "-r", str(original), str(copy)], check=True)
+    shutil.copytree(original, copy)
     (copy / "config.yaml").write_text(yaml.safe_dump({**saved, "epochs": 2}))
     before = (original / "checkpoints" / "last.pt").read_bytes()
     monkeypatch.chdir(copy.parent)
@@ -428,20 +429,21 @@ def test_damaged_run_files_are_named(store: Path, tmp_path: Path) -> None:
     train(config(store, run, epochs=1), progress=False)
     saved_text = (run / "config.yaml").read_text()
     saved = yaml.safe_load(saved_text)
-    for text, message in (
-        ("", "expected a mapping"),
-        ("epochs: [1,\n", "not valid YAML"),
-        (yaml.safe_dump({**saved, "epochs": "ten"}), "epochs"),
+    for text, named, message in (
+        ("", "config.yaml", "expected a mapping"),
+        ("epochs: [1,\n", "config.yaml", "not valid YAML"),
+        (yaml.safe_dump({**saved, "epochs": "ten"}), "config.yaml", "epochs"),
         (
             yaml.safe_dump({**saved, "epochs": 2, "backbone_kwargs": {"base_width": 8}}),
+            "checkpoints/last.pt",
             "do not fit the model",
         ),
     ):
         (run / "config.yaml").write_text(text)
         result = cli("train", "--resume", str(run))
         assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"error: {run / named}: "), result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
-        assert "config.yaml" in result.stderr or "last.pt" in result.stderr
     (run / "config.yaml").write_text(yaml.safe_dump({**saved, "epochs": 2}))
     (run / "metrics.jsonl").write_text('{"epoch": 1, "train_lo\n')
     result = cli("train", "--resume", str(run))
@@ -464,3 +466,35 @@ def test_cuda_without_a_gpu_is_a_usage_error(store: Path, tmp_path: Path) -> Non
     result = cli("train", "--store", str(store), "--out", str(tmp_path / "r"), "--device", "cuda")
     assert result.returncode == 2 and "no CUDA device" in result.stderr, result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_new_runs_from_a_copied_config(store: Path, tmp_path: Path) -> None:
+    """A run's config.yaml used as a template (another store, lr written as YAML reads it)."""
+    first = tmp_path / "first"
+    train(config(store, first, epochs=1), progress=False)
+    other = prepare(
+        PhantomReader(size=64, num_patients=4, slices_per_patient=4, seed=5),
+        tmp_path / "other",
+        progress=False,
+    )
+    saved = yaml.safe_load((first / "config.yaml").read_text())
+    template = tmp_path / "template.yaml"
+    text = yaml.safe_dump({**saved, "store": str(other)}).replace("lr: 0.001", "lr: 1e-4")
+    template.write_text(text)
+    assert "lr: 1e-4" in text
+    second = tmp_path / "second"
+    result = cli("train", "--config", str(template), "--out", str(second), "--quiet")
+    assert result.returncode == 0, result.stderr
+    made = yaml.safe_load((second / "config.yaml").read_text())
+    assert made["lr"] == 1e-4 and made["store_id"] != saved["store_id"]
+
+
+def test_an_append_cut_short_is_repaired_on_resume(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(store, run, epochs=2), progress=False)
+    metrics_file = run / "metrics.jsonl"
+    lines = metrics_file.read_text().splitlines()
+    metrics_file.write_text(lines[0] + "\n" + lines[1][:20])  # killed during the append
+    result = cli("train", "--resume", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert metrics_file.read_text().splitlines() == lines

@@ -48,12 +48,12 @@ def _store(out: Path, data: Path | None, fmt: str | None, phantom: dict, progres
     reader = PhantomReader(**phantom) if data is None else READERS[fmt](data)
     if (path / "manifest.json").is_file():  # reuse it only if it holds the data asked for
         provenance = SliceStore(path).manifest.get("provenance", {})
-        wanted = {
-            "source": str(getattr(reader, "root", None)),
-            "reader_options": json.loads(json.dumps(reader.options)),
-        }
-        found = {key: provenance.get(key) for key in wanted}
-        if found != wanted:
+        wanted = {"source": str(getattr(reader, "root", None)), "reader_options": _options(reader)}
+        found = {"source": provenance.get("source"), "reader_options": _options(provenance)}
+        same_source = found["source"] == wanted["source"] or (
+            data is not None and Path(found["source"]).resolve() == Path(data).resolve()
+        )
+        if not same_source or found["reader_options"] != wanted["reader_options"]:
             raise TrainingError(
                 f"{out}: holds a demo of other data ({found['source']}, options "
                 f"{found['reader_options']}); its runs belong to that data, so choose another "
@@ -61,6 +61,15 @@ def _store(out: Path, data: Path | None, fmt: str | None, phantom: dict, progres
             )
         return path
     return prepare_store(reader, path, force=path.exists(), progress=progress, command="upseg demo")
+
+
+def _options(source: object) -> dict:
+    """A reader's (or a manifest provenance's) options as JSON stores them, without the
+    folders that items() skipped (found only while reading)."""
+    options = source.get("reader_options") if isinstance(source, dict) else source.options
+    options = json.loads(json.dumps(options or {}))
+    options.pop("skipped_folders", None)
+    return options
 
 
 def markdown(rows: list[dict]) -> str:

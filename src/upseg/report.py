@@ -18,6 +18,7 @@ from upseg.train import (
     load_run,
     method_label,
     open_run_store,
+    read_run_config,
     split_patients,
 )
 
@@ -72,14 +73,22 @@ def _predict_labels(model, images: torch.Tensor, size: int) -> np.ndarray:
 
 
 def figure(
-    run: Path, against: Path | None, checkpoint: str, split: str, num_slices: int, path: Path
+    run: Path,
+    against: Path | None,
+    checkpoint: str,
+    split: str,
+    num_slices: int,
+    path: Path,
+    store: SliceStore | None = None,
 ) -> Path:
     """The qualitative grid of paper Fig. 7/8: for up to `num_slices` patients, the slice
-    with the most foreground."""
+    with the most foreground. `store`: the run's (checked) store; by default the one its
+    checkpoint records."""
     runs = [run] if against is None else [against, run]
     loaded = [load_run(r, checkpoint) for r in runs]
     config = loaded[-1][1]
-    store = SliceStore(config.store)
+    if store is None:
+        store = SliceStore(config.store)
     for r, (_, cfg, state) in zip(runs, loaded, strict=True):  # both read this store
         check_run_store(cfg, state, r, store)
     patients = _patients(config, store, split)
@@ -134,9 +143,16 @@ def evaluate_run(
     num_slices: int = 4,
     progress: bool = True,
     device: torch.device | str = "cpu",
+    store: str | Path | None = None,
 ) -> list[Path]:
+    """`store`: where the run's store is now; by default the one in RUN/config.yaml (which
+    a user may edit after moving the store), else the one the checkpoint records."""
     run = Path(run)
     model, config, state = load_run(run, checkpoint)
+    if store is not None:
+        config.store = str(store)
+    elif (run / "config.yaml").is_file():
+        config.store = read_run_config(run).store
     store = open_run_store(config, state, run)
     dataset = run_dataset(config, store, split)
     scores = score(
@@ -160,6 +176,7 @@ def evaluate_run(
             split,
             num_slices,
             out / f"{stem}_figure.png",
+            store,
         )
     meta = {
         "run": str(run),

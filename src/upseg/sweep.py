@@ -109,7 +109,7 @@ def run_sweep(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     if time_limit is not None and not time_limit >= 0:
-        raise ValueError(f"the time limit must be zero or more minutes, not {time_limit}")
+        raise ValueError(f"the time limit must be zero or more, not {time_limit / 60:g} minutes")
     out, store = Path(out), Path(store)
     slices = SliceStore(store)
     store_id = store_fingerprint(slices)
@@ -218,13 +218,22 @@ def _run_job(config: TrainConfig, deadline: float | None, threads: int | None) -
         status = train_or_resume(config, progress=False)
         evaluation = run / "evaluation" / "last_val.json"
         if not evaluation.is_file():
-            evaluate_run(run, progress=False, device=resolve_device(config.device))
+            evaluate_run(
+                run, progress=False, device=resolve_device(config.device), store=config.store
+            )
         log = read_metrics(run / "metrics.jsonl")
         try:
             scores = json.loads(evaluation.read_text())["scores"]
         except (ValueError, KeyError, TypeError):
             raise TrainingError(
                 f"{evaluation}: damaged; remove it and run the sweep again to re-score the run"
+            ) from None
+        try:
+            seconds = sum(x["train_seconds"] for x in log)
+            curve = [x["val"]["foreground_dice"] for x in log]
+        except (KeyError, TypeError):
+            raise TrainingError(
+                f"{run / 'metrics.jsonl'}: an epoch record lacks its time or scores"
             ) from None
     except (TrainingError, DataError) as error:
         return str(error)
@@ -233,8 +242,8 @@ def _run_job(config: TrainConfig, deadline: float | None, threads: int | None) -
         "seed": config.seed,
         "status": status,
         "scores": scores,
-        "train_seconds": sum(x["train_seconds"] for x in log),
-        "curve": [x["val"]["foreground_dice"] for x in log],
+        "train_seconds": seconds,
+        "curve": curve,
         "config": dataclasses.asdict(config),
     }
 

@@ -13,6 +13,7 @@ CPU, nccl on GPU); rank 0 validates and writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -84,7 +85,14 @@ class TrainConfig:
     store_id: str | None = None  # fingerprint of the store the run trains on (store_fingerprint)
 
     def __post_init__(self) -> None:
-        self.store, self.out = str(self.store), str(self.out)  # Path objects welcome
+        for key in ("store", "out"):  # Path objects welcome
+            if isinstance(getattr(self, key), Path):
+                setattr(self, key, str(getattr(self, key)))
+        for key in ("lr", "weight_decay"):  # YAML reads 1e-4 (no dot) as a string
+            value = getattr(self, key)
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):  # else the type check names it
+                    setattr(self, key, float(value))
         _check_types(self)
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
@@ -118,12 +126,7 @@ class TrainConfig:
         if self.folds and not 0 <= self.fold < self.folds:
             raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
         if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ValueError(
-                    f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N"
-                ) from None
+            parse_device(self.device)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -166,9 +169,10 @@ def _check_types(config: TrainConfig) -> None:
 
 
 def store_fingerprint(store: SliceStore) -> str:
-    """A short hash of what a run's data is: patients and their slices, split, size,
-    classes, modalities and format. A store prepared again from the same data with the same
-    settings keeps it; the folder it lives in does not count."""
+    """A short hash of the manifest's description of a store: format, patients and their
+    slice ranges, split, size, classes and modalities (not the pixels). A store prepared again
+    from the same data with the same settings keeps it; the folder it lives in does not
+    count."""
     manifest = store.manifest
     content = {
         "format": manifest.get("format"),
@@ -212,13 +216,17 @@ def method_label(config: TrainConfig) -> str:
     return method_name(config.backbone, config.head, config.head_init)
 
 
+def parse_device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    device = parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but this machine has no CUDA device")
     return device
@@ -279,6 +287,8 @@ def changed_settings(run: Path, config: TrainConfig) -> list[str]:
     ids = (saved["store_id"], wanted["store_id"])
     if None not in ids and ids[0] != ids[1]:
         changed.append("store (other data)")
+    elif None in ids and Path(saved["store"]).resolve() != Path(wanted["store"]).resolve():
+        changed.append("store")  # a run from before fingerprints: its path must match
     return sorted(changed)
 
 
@@ -303,8 +313,12 @@ def read_metrics(path: Path) -> list[dict]:
     and line when one is damaged."""
     if not path.is_file():
         return []
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # an append cut short: unwritten (the checkpoint holds its record)
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
             records.append(record)
@@ -346,28 +360,23 @@ def model_for(
     num_classes = len(class_names)
     if config.loss == "bce":
         num_classes = 1
-    try:
-        return build(
-            config.backbone,
-            len(modalities),
-            num_classes,
-            config.input_size,
-            config.output_size or size,
-            head=None if config.head == "none" else config.head,
-            head_init=config.head_init,
-            **config.backbone_kwargs,
-        )
-    except TypeError as error:  # a keyword the backbone does not take, or a wrong type
-        raise ValueError(
-            f"backbone {config.backbone!r} cannot be built with backbone_kwargs "
-            f"{config.backbone_kwargs}: {error}"
-        ) from None
+    return build(
+        config.backbone,
+        len(modalities),
+        num_classes,
+        config.input_size,
+        config.output_size or size,
+        head=None if config.head == "none" else config.head,
+        head_init=config.head_init,
+        **config.backbone_kwargs,
+    )
 
 
 class Trainer:
     """Runs (or resumes) one training run; `run()` returns the last epoch's metrics."""
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        config = dataclasses.replace(config)  # store_id is filled in below
         self.config = config
         self.progress = progress
         self.run_dir = Path(config.out)
@@ -385,7 +394,8 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.store = SliceStore(config.store)
-        check_store(config, self.store, self.run_dir)
+        if resume:
+            check_store(config, self.store, self.run_dir)
         config.store_id = store_fingerprint(self.store)
         self._datasets()
         torch.manual_seed(config.seed)
@@ -641,8 +651,6 @@ def load_run(
     except (KeyError, TypeError, ValueError) as error:
         raise TrainingError(f"{path}: unusable configuration in the checkpoint ({error})") from None
     config.out = str(run_dir)
-    if (run_dir / "config.yaml").is_file():  # its store: may have been edited after a move
-        config.store = read_run_config(run_dir).store
     if "data" in state:
         model = model_for(
             config, state["class_names"], state["modalities"], int(state["data"]["size"])

@@ -329,3 +329,31 @@ def test_training_on_a_damaged_store_is_one_line_and_exit_1(store_dir: Path) -> 
         "prepare it again"
     )
     assert not (store_dir.parent / "run").exists()
+
+
+class WithAnEmptyCase(PhantomReader):
+    """The phantom plus a case none of whose slices is selected (say, no tumour under
+    --slices tumour)."""
+
+    def items(self) -> list:
+        return [*super().items(), "empty"]
+
+    def read(self, item) -> Case:
+        if item != "empty":
+            return super().read(item)
+        case = super().read(super().items()[0])
+        return Case(
+            patient_id="empty",
+            images=case.images[:0],
+            masks=case.masks[:0],
+            slice_indices=case.slice_indices[:0],
+            source="empty",
+            geometry=case.geometry,
+        )
+
+
+def test_a_case_without_selected_slices_still_opens(tmp_path: Path) -> None:
+    store = SliceStore(prepare(WithAnEmptyCase(size=32, num_patients=3, slices_per_patient=2),
+                               tmp_path / "s", progress=False))  # fmt: skip
+    counts = {p["id"]: p["count"] for p in store.manifest["patients"]}
+    assert counts["empty"] == 0 and sum(counts.values()) == len(store) == 6

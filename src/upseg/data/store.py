@@ -233,7 +233,7 @@ def check_manifest(manifest: object, path: Path) -> None:
             raise DataError(
                 path, f"patient entry {k} lacks a string 'id' or integer 'start'/'count'"
             )
-        if patient["start"] != total or patient["count"] < 1:
+        if patient["start"] != total or patient["count"] < 0:  # 0: no slice was selected
             raise DataError(path, f"patient {patient['id']!r}: slice range does not follow on")
         total += patient["count"]
     if not manifest["patients"] or total != manifest["num_slices"]:

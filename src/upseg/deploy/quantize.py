@@ -38,7 +38,7 @@ from upseg.errors import DataError, TrainingError
 from upseg.evaluate import score
 from upseg.io import write_json
 from upseg.report import run_dataset
-from upseg.train import TrainConfig, load_run, method_label
+from upseg.train import TrainConfig, load_run, method_label, open_run_store
 
 CALIBRATION_BATCH = 8  # slices per calibration batch; MinMax ranges do not depend on it
 
@@ -219,7 +219,7 @@ def quantize_export(
     written = [int8_path, report_path] + ([] if source == fp32 else [fp32])
     check_int8_settings(written, max_dice_drop, calibration_slices)
     _, config, state = load_run(run, checkpoint)
-    store = _run_store(config)
+    store = _run_store(config, state, run)
     train_data = run_dataset(config, store, "train")
     val_data = run_dataset(config, store, "val")
     positions = calibration_positions(len(train_data), calibration_slices)
@@ -302,14 +302,15 @@ def quantize_export(
     return report
 
 
-def _run_store(config: TrainConfig) -> SliceStore:
+def _run_store(config: TrainConfig, state: dict, run: Path) -> SliceStore:
+    """The run's store, checked to be the data it was trained on (upseg.train.open_run_store)."""
     if not (Path(config.store) / "manifest.json").is_file():
         raise DataError(
             config.store,
             "int8 calibration and scoring need the slice store this run was trained on, "
             "and it is not there",
         )
-    return SliceStore(config.store)
+    return open_run_store(config, state, run)
 
 
 def export_int8(
@@ -329,8 +330,8 @@ def export_int8(
     check_int8_settings(destinations, options.get("max_dice_drop", 0.01), calibration_slices)
     if not tolerance > 0:
         raise ValueError(f"--tolerance must be a positive number, got {tolerance:g}")
-    model, config, _ = load_run(run, checkpoint)
-    _run_store(config)
+    model, config, state = load_run(run, checkpoint)
+    _run_store(config, state, Path(run))
     staged = out.with_name(f".{out.name}.{os.getpid()}.fp32.onnx")
     try:
         try:
