@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -30,3 +32,18 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return write_text_atomic(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def written_together(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside `paths` (same suffix, so a figure keeps its format) for the
+    block to write; all are renamed into place when it ends without an error, none
+    otherwise, so files that belong together never mix with an earlier set."""
+    staged = [p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}") for p in paths]
+    try:
+        yield staged
+        for tmp, path in zip(staged, paths, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)

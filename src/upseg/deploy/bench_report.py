@@ -3,10 +3,9 @@ JSON and the figure of paper Fig. 6."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from upseg.io import write_csv, write_json, write_text_atomic
+from upseg.io import write_csv, write_json, write_text_atomic, written_together
 
 _MODES = (("forward", "forward"), ("e2e", "end-to-end"))
 BENCH_FILES = ("bench.md", "bench.json", "bench.csv", "bench-fig6.png")
@@ -93,10 +92,8 @@ def write_bench(result: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = [out / name for name in BENCH_FILES]
-    # the suffix stays last: the figure's format follows it
-    staged = [p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}") for p in final]
     machine = result["machine"]
-    try:
+    with written_together(final) as staged:
         write_text_atomic(staged[0], bench_preamble(result) + "\n\n" + bench_table(result) + "\n")
         write_json(staged[1], result)
         write_csv(staged[2], rows)
@@ -106,9 +103,4 @@ def write_bench(result: dict, out: str | Path) -> list[Path]:
             f"Inference time against input resolution ({machine['device']}, "
             f"{machine['threads']} threads)",
         )
-        for tmp, path in zip(staged, final, strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
     return final

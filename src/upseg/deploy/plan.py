@@ -14,11 +14,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 from upseg.errors import DataError
-from upseg.io import write_csv, write_json
+from upseg.io import write_csv, write_json, written_together
 
 STATS = ("median_ms", "p90_ms")
 PLAN_FILES = ("plan.csv", "plan.json")
@@ -220,13 +219,7 @@ def write_plan(result: dict, out: str | Path, budget_ms: float) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = [out / name for name in PLAN_FILES]
-    staged = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in final]
-    try:
+    with written_together(final) as staged:
         write_csv(staged[0], result["rows"])
         write_json(staged[1], {**result, "budget_ms": budget_ms})
-        for tmp, path in zip(staged, final, strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
     return final
