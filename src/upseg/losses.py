@@ -9,7 +9,9 @@ Stage weights: 'equal' (the paper's plain sum) or 'halving' (w = 1/2^j for the j
 counted from the finest, normalised to sum 1, as nnU-Net's deep supervision).
 A baseline passes its single output at r and is scored against the mask resized to r.
 With 'ce', a head output that carries its window tensor (upseg.subpixel) is scored through
-that tensor: the same per-pixel terms, without the shuffle in the backward pass.
+that tensor: the same per-pixel terms, without the shuffle in the backward pass; with integer
+targets on the CPU in float32, by the native kernel of upseg.stage_ce, which also returns the
+stage conv's gradients.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from upseg import stage_ce
 from upseg.resize import downsample_labels, one_hot
 from upseg.subpixel import (
+    attached_terms,
     attached_windows,
     unshuffle_dense,
     unshuffle_labels,
@@ -102,10 +106,11 @@ class MultiScaleLoss(nn.Module):
         factors = self._check(outputs, mask)
         targets = self._targets(mask, factors)
         total = outputs[0].new_zeros(())
-        for weight, output, target in zip(
-            stage_weights(len(outputs), self.weights), outputs, targets, strict=True
+        last = len(outputs) - 1
+        for i, (weight, output, target) in enumerate(
+            zip(stage_weights(len(outputs), self.weights), outputs, targets, strict=True)
         ):
-            total = total + weight * self._stage_loss(output, target)
+            total = total + weight * self._stage_loss(output, target, finest=i == last)
         return total
 
     def _check(self, outputs: list[Tensor], mask: Tensor) -> list[int]:
@@ -179,10 +184,15 @@ class MultiScaleLoss(nn.Module):
             return labels.unsqueeze(1).to(dtype)
         return one_hot(labels, self.num_classes, dtype)
 
-    def _stage_loss(self, output: Tensor, target: Tensor) -> Tensor:
-        """output (B, K, s, s); target: int labels (B, s, s) or class fractions (B, K, s, s)."""
+    def _stage_loss(self, output: Tensor, target: Tensor, finest: bool = False) -> Tensor:
+        """output (B, K, s, s); target: int labels (B, s, s) or class fractions (B, K, s, s).
+        finest: the last output, which no later stage reads, so the native kernel can take the
+        gradient through the stage's conv as well."""
         windows = attached_windows(output) if self.base == "ce" and not self.binary else None
         if windows is not None:
+            terms = attached_terms(output)
+            if terms is not None and stage_ce.usable(windows, terms, target):
+                return stage_ce.stage_cross_entropy(windows, terms, target, through_conv=finest)
             # Cross entropy is a mean over pixels: score the head stage's window tensor, whose
             # view holds the same logits, against the target viewed the same way.
             unshuffle = unshuffle_dense if target.is_floating_point() else unshuffle_labels

@@ -15,6 +15,8 @@ same way (`unshuffle_labels`), without the copy from Y back to W in the backward
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -92,23 +94,40 @@ def window_shuffle(windows: Tensor, fast: bool = True) -> Tensor:
     return torch.stack(lines, dim=3).reshape(batch, channels // 4, 2 * h, 2 * w)
 
 
-def attach_windows(output: Tensor, windows: Tensor) -> None:
-    """Record that output == window_shuffle(windows); the record is void once output changes
-    in place (its version counter moves)."""
-    setattr(output, _ATTRIBUTE, (windows, output._version))
+def attach_windows(output: Tensor, windows: Tensor, terms: Any = None) -> None:
+    """Record that output == window_shuffle(windows), and optionally what the windows were
+    computed from (upseg.stage_ce.StageTerms); the record is void once output or windows
+    change in place (their version counters move)."""
+    setattr(output, _ATTRIBUTE, (windows, terms, output._version, windows._version))
+
+
+def _record(output: Tensor) -> tuple[Tensor, Any] | None:
+    record = getattr(output, _ATTRIBUTE, None)
+    if record is None:
+        return None
+    windows, terms, version, windows_version = record
+    batch, classes, height, width = output.shape
+    expected = (batch, 4 * classes, height // 2 + 1, width // 2 + 1)
+    if (
+        version != output._version
+        or windows_version != windows._version
+        or windows.dtype != output.dtype
+        or windows.shape != expected
+    ):
+        return None
+    return windows, terms
 
 
 def attached_windows(output: Tensor) -> Tensor | None:
     """The window tensor recorded for this stage output, if still valid, else None."""
-    record = getattr(output, _ATTRIBUTE, None)
-    if record is None:
-        return None
-    windows, version = record
-    batch, classes, height, width = output.shape
-    expected = (batch, 4 * classes, height // 2 + 1, width // 2 + 1)
-    if version != output._version or windows.dtype != output.dtype or windows.shape != expected:
-        return None
-    return windows
+    record = _record(output)
+    return None if record is None else record[0]
+
+
+def attached_terms(output: Tensor) -> Any:
+    """What the recorded window tensor was computed from, if recorded and still valid."""
+    record = _record(output)
+    return None if record is None else record[1]
 
 
 def unshuffle_labels(labels: Tensor) -> Tensor:

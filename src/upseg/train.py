@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import types
 import typing
@@ -32,6 +33,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from upseg import native, stage_ce
 from upseg.data import LowResPairs, SliceStore
 from upseg.errors import TrainingError
 from upseg.evaluate import score
@@ -409,6 +411,7 @@ class Trainer:
             target_resize=config.target_resize,
             weights=config.stage_weights,
         )
+        self._note_native_kernel()
         self.optimizer = self._optimizer()
         self.start_epoch, self.best_score = 0, -math.inf
         self.saved_epoch = 0  # epoch of checkpoints/last.pt
@@ -605,6 +608,18 @@ class Trainer:
             if self.world > 1:
                 dist.barrier()
         return record
+
+    def _note_native_kernel(self) -> None:
+        """Say so when a head run on the CPU cannot use the native stage kernel (slower steps)."""
+        config = self.config
+        uses_kernel = self.device.type == "cpu" and config.head != "none" and config.loss == "ce"
+        if uses_kernel and self.main and self.progress and stage_ce.native_library() is None:
+            reason = native.unavailable_reason("stage_ce")
+            print(
+                f"note: the native stage kernel is not used ({reason}); head training steps "
+                "take the slower PyTorch path",
+                file=sys.stderr,
+            )
 
     def _checkpoint(self, epoch: int, improved: bool, record: dict) -> None:
         state = {

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from upseg.stage_ce import StageTerms
 from upseg.subpixel import attach_windows, window_shuffle
 
 HeadInit = Literal["upsample", "pytorch"]
@@ -151,12 +152,15 @@ class UpscalingStage(nn.Sequential):
         levels = levels - inner[:, None, None]
         width = x.shape[3]
         col_kind = torch.tensor([0] + [1] * (width - 1) + [2], device=x.device)
-        windows = F.conv2d(x, weight, self[1].bias.repeat_interleave(4) + inner, padding=1)
-        windows = add_border(windows, levels[:, 0::2][:, :, col_kind], levels[:, 1, 0::2])
+        bias = self[1].bias.repeat_interleave(4) + inner
+        rows, cols = levels[:, 0::2][:, :, col_kind], levels[:, 1, 0::2]
+        windows = add_border(F.conv2d(x, weight, bias, padding=1), rows, cols)
         # One strided copy, except while exporting (slices and stacks trace to plain ONNX ops).
         output = window_shuffle(windows, fast=not torch.compiler.is_exporting())
         if self.training and torch.is_grad_enabled():
-            attach_windows(output, windows)  # MultiScaleLoss skips the shuffle's backward
+            # MultiScaleLoss scores the windows: no shuffle backward, and with the native kernel
+            # no conv backward either for the finest stage (upseg.stage_ce).
+            attach_windows(output, windows, StageTerms(x, weight, bias, rows, cols))
         return output
 
     def layerwise_forward(self, x: Tensor) -> Tensor:
