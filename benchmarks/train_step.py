@@ -12,6 +12,8 @@ usage: python benchmarks/train_step.py [--batch 32] [--steps 8] [--repeats 3] [-
 machine shared with other work it still counts only this process's own work.
 --profile prints, per variant, the operators that take the most CPU time over --steps steps
 (torch.profiler, self time per step) instead of the timing table.
+UPSEG_NATIVE=0 in the environment runs the heads without the native stage kernel
+(upseg.stage_ce), as on a machine without a C compiler.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 
 import torch
 
+from upseg import native, stage_ce
 from upseg.losses import MultiScaleLoss
 from upseg.models import UpscalingStage, build
 from upseg.resize import downsample_labels
@@ -104,10 +107,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     applied = False if args.no_malloc_setting else keep_freed_memory()
+    kernel = "on" if stage_ce.native_library() else f"off ({native.unavailable_reason('stage_ce')})"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
         f"bf16 {args.bf16}, channels_last {args.channels_last}, malloc setting {applied}, "
-        f"head stages {'layerwise' if args.layerwise else 'composed'}, {args.clock} clock"
+        f"head stages {'layerwise' if args.layerwise else 'composed'}, {args.clock} clock, "
+        f"native stage kernel {kernel}"
     )
     if not args.profile:
         print("| input | method | step ms (median) | images/s | ratio to baseline |")

@@ -285,15 +285,25 @@ static void conv_grads_row(const float *d, int64_t stride, int64_t k_count, int6
             }
             float *gr = gxpad + ci * pplane + (p + ty) * pw;
             const float *w0 = weight_by_tap + (ci * 2 + ty) * 2 * k_count, *w1 = w0 + k_count;
-            for (int64_t q = 0; q < stride; q += 8) {
-                v8 g0 = splat8(0.0f), g1 = splat8(0.0f);
-                for (int64_t k = 0; k < k_count; k++) {
-                    v8 dv = load8(d + k * stride + q);
-                    g0 += splat8(w0[k]) * dv;
-                    g1 += splat8(w1[k]) * dv;
+            for (int64_t q = 0; q < stride; q += 16) {
+                /* eight independent sums (two column vectors, two taps, even and odd k), so
+                 * the multiply-adds do not wait on each other */
+                v8 g[2][2][2] = {{{0}}};
+                for (int64_t k = 0; k < k_count; k += 2) {
+                    for (int odd = 0; odd < 2; odd++) {
+                        const float *dk = d + (k + odd) * stride + q;
+                        v8 d0 = load8(dk), d1 = load8(dk + 8);
+                        v8 s0 = splat8(w0[k + odd]), s1 = splat8(w1[k + odd]);
+                        g[odd][0][0] += s0 * d0;
+                        g[odd][0][1] += s0 * d1;
+                        g[odd][1][0] += s1 * d0;
+                        g[odd][1][1] += s1 * d1;
+                    }
                 }
-                store8(gr + q, load8(gr + q) + g0);
-                store8(gr + q + 1, load8(gr + q + 1) + g1);
+                store8(gr + q, load8(gr + q) + g[0][0][0] + g[1][0][0]);
+                store8(gr + q + 8, load8(gr + q + 8) + g[0][0][1] + g[1][0][1]);
+                store8(gr + q + 1, load8(gr + q + 1) + g[0][1][0] + g[1][1][0]);
+                store8(gr + q + 9, load8(gr + q + 9) + g[0][1][1] + g[1][1][1]);
             }
         }
     }
@@ -307,7 +317,7 @@ static int backward_images(const float *x, const float *weight, const float *win
                            float *grad_weight, float *grad_bias, float *grad_rows,
                            float *grad_cols) {
     int64_t K = 4 * nc, cols = w + 1, taps = cin * 4;
-    int64_t stride = (cols + 7) & ~(int64_t)7;      /* a window row, in whole vectors */
+    int64_t stride = (cols + 15) & ~(int64_t)15;    /* a window row, in whole vector pairs */
     int64_t pw = stride + 8, pplane = (h + 2) * pw; /* input rows with zero padding */
     float *xpad = calloc(cin * pplane, sizeof(float));
     float *gxpad = malloc(sizeof(float) * cin * pplane);
