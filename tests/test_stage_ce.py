@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,5 +182,18 @@ def test_a_build_is_cached_and_reused(kernel, monkeypatch, tmp_path) -> None:
         assert native.load("stage_ce") is not None
         assert built[0].stat().st_mtime_ns == stamp
         assert list((tmp_path / "kernels").iterdir()) == built  # no partial files left
+    finally:
+        native.forget()
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory(kernel, monkeypatch, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("UPSEG_CACHE", str(blocked))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    native.forget()
+    try:
+        assert native.load("stage_ce") is not None
+        assert list((tmp_path / "tmp").glob("upseg-*/kernels/stage_ce-*.so"))
     finally:
         native.forget()

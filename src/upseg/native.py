@@ -2,8 +2,9 @@
 
 A kernel is built once per source, compiler and CPU with the system C compiler ($CC, else
 cc or gcc) and kept in the cache folder ($UPSEG_CACHE, else $XDG_CACHE_HOME/upseg, else
-~/.cache/upseg). Where there is no compiler, the build fails or UPSEG_NATIVE=0 is set, `load`
-returns None and callers use their PyTorch code; `unavailable_reason` says why.
+~/.cache/upseg; where that cannot be written, a folder in the temporary directory). Where
+there is no compiler, the build fails or UPSEG_NATIVE=0 is set, `load` returns None and
+callers use their PyTorch code; `unavailable_reason` says why.
 """
 
 from __future__ import annotations
@@ -56,17 +57,38 @@ def _cpu_identity() -> str:
     return text
 
 
+def _kernel_dirs() -> list[Path]:
+    """The cache, then a folder in the temporary directory (for a read-only home)."""
+    user = f"upseg-{os.getuid()}" if hasattr(os, "getuid") else "upseg"
+    return [cache_dir() / "kernels", Path(tempfile.gettempdir()) / user / "kernels"]
+
+
+def _writable(folders: list[Path]) -> Path:
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    tried = ", ".join(map(str, folders))
+    raise RuntimeError(f"no writable folder for built kernels (tried {tried})")
+
+
 def _build(name: str, cc: str) -> Path:
     source = KERNELS / f"{name}.c"
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
     key = hashlib.sha256(
         source.read_bytes() + version.stdout.encode() + _cpu_identity().encode()
     ).hexdigest()[:16]
-    folder = cache_dir() / "kernels"
-    target = folder / f"{name}-{key}.so"
-    if target.exists():
+    target = next(
+        (f / f"{name}-{key}.so" for f in _kernel_dirs() if (f / f"{name}-{key}.so").exists()),
+        None,
+    )
+    if target is not None:
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _writable(_kernel_dirs())
+    target = folder / f"{name}-{key}.so"
     errors = []
     for options in OPTIONS:
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".so", delete=False) as handle:
