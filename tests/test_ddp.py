@@ -52,31 +52,31 @@ def test_torchrun_cli(tmp_path: Path) -> None:
         progress=False,
     )
     out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            *TORCHRUN,
-            "-m",
-            "upseg",
-            "train",
-            "--store",
-            str(store),
-            "--out",
-            str(out),
-            "--backbone-kwargs",
-            '{"base_width": 4}',
-            "--batch-size",
-            "2",
-            "--epochs",
-            "1",
-            "--max-steps-per-epoch",
-            "2",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    command = [
+        *TORCHRUN,
+        "-m",
+        "upseg",
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--backbone-kwargs",
+        '{"base_width": 4}',
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--quiet",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The same command again: refused on rank 0; torchrun stops the other rank (no hang) and
+    # the refusal is the one line the user reads.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 1
+    assert f"error: {out}: a run already exists here" in again.stderr
     assert (out / "checkpoints" / "last.pt").is_file()
     assert (out / "metrics.jsonl").read_text().count("\n") == 1
