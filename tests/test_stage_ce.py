@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +14,9 @@ import torch.nn.functional as F
 from upseg import native, stage_ce
 from upseg.losses import MultiScaleLoss, softmax_cross_entropy
 from upseg.models import build
-from upseg.models.head import add_border
+from upseg.models.head import UpscalingHead, add_border
 from upseg.stage_ce import StageTerms, stage_cross_entropy
-from upseg.subpixel import unshuffle_labels
+from upseg.subpixel import attached_terms, attached_windows, unshuffle_labels
 
 
 @pytest.fixture
@@ -172,6 +175,7 @@ def test_native_off_by_environment(monkeypatch) -> None:
 
 def test_a_build_is_cached_and_reused(kernel, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("UPSEG_CACHE", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     native.forget()
     try:
         assert native.load("stage_ce") is not None
@@ -190,6 +194,7 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_directory(kernel, monke
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would be")
     monkeypatch.setenv("UPSEG_CACHE", str(blocked))
+    (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     native.forget()
     try:
@@ -197,3 +202,56 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_directory(kernel, monke
         assert list((tmp_path / "tmp").glob("upseg-*/kernels/stage_ce-*.so"))
     finally:
         native.forget()
+
+
+def test_a_writable_cache_never_loads_from_the_temporary_directory(kernel, monkeypatch, tmp_path):
+    planted = tmp_path / "tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(planted))
+    monkeypatch.setenv("UPSEG_CACHE", str(tmp_path / "cache"))
+    native.forget()
+    try:
+        library = native.load("stage_ce")
+        assert library is not None
+        assert Path(library._name).parent == tmp_path / "cache" / "kernels"
+        assert not planted.exists()
+    finally:
+        native.forget()
+
+
+def test_a_damaged_cached_build_is_built_again(kernel, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("UPSEG_CACHE", str(tmp_path))
+    native.forget()
+    try:
+        assert native.load("stage_ce") is not None
+        (built,) = (tmp_path / "kernels").glob("stage_ce-*.so")
+        built.write_bytes(b"not a shared library")
+        # a new process: this one keeps the library it opened under that name
+        check = "from upseg import native; assert native.load('stage_ce') is not None"
+        subprocess.run([sys.executable, "-c", check], check=True, timeout=120)
+        assert built.read_bytes().startswith(b"\x7fELF")
+    finally:
+        native.forget()
+
+
+def test_the_float32_gradients_do_not_follow_the_default_dtype(kernel) -> None:
+    terms, labels = make_stage(2, 4, 3, 5, 6)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        loss = stage_cross_entropy(windows_of(terms), terms, labels, through_conv=True)
+        grads = torch.autograd.grad(loss, list(terms))
+    finally:
+        torch.set_default_dtype(previous)
+    expected, double = reference(terms, labels)
+    for a, b in zip(grads, torch.autograd.grad(expected, list(double)), strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6)
+
+
+def test_an_input_changed_in_place_after_the_stage_voids_the_record() -> None:
+    torch.manual_seed(2)
+    head = UpscalingHead(3, 2).train()
+    outputs = head(torch.randn(2, 3, 4, 4))
+    assert attached_terms(outputs[-1]) is not None
+    with torch.no_grad():
+        outputs[-2].mul_(2.0)  # the finest stage's input, after the stage ran
+    assert attached_terms(outputs[-1]) is None and attached_windows(outputs[-1]) is None

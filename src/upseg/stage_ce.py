@@ -116,9 +116,9 @@ class _ThroughConv(torch.autograd.Function):
         grads = (
             torch.empty_like(x),
             torch.empty_like(weight),
-            torch.empty(channels),
-            torch.empty(channels, 2, width),
-            torch.empty(channels, 2),
+            torch.empty(channels, dtype=torch.float32),  # the kernel writes float32
+            torch.empty(channels, 2, width, dtype=torch.float32),
+            torch.empty(channels, 2, dtype=torch.float32),
         )
         _check(
             native_library().stage_ce_backward(

@@ -96,21 +96,22 @@ def window_shuffle(windows: Tensor, fast: bool = True) -> Tensor:
 
 def attach_windows(output: Tensor, windows: Tensor, terms: Any = None) -> None:
     """Record that output == window_shuffle(windows), and optionally what the windows were
-    computed from (upseg.stage_ce.StageTerms); the record is void once output or windows
-    change in place (their version counters move)."""
-    setattr(output, _ATTRIBUTE, (windows, terms, output._version, windows._version))
+    computed from (upseg.stage_ce.StageTerms); the record is void once any of them changes
+    in place (its version counter moves)."""
+    tensors = (output, windows, *(terms or ()))
+    setattr(output, _ATTRIBUTE, (windows, terms, [t._version for t in tensors]))
 
 
 def _record(output: Tensor) -> tuple[Tensor, Any] | None:
     record = getattr(output, _ATTRIBUTE, None)
     if record is None:
         return None
-    windows, terms, version, windows_version = record
+    windows, terms, versions = record
     batch, classes, height, width = output.shape
     expected = (batch, 4 * classes, height // 2 + 1, width // 2 + 1)
+    tensors = (output, windows, *(terms or ()))
     if (
-        version != output._version
-        or windows_version != windows._version
+        [t._version for t in tensors] != versions
         or windows.dtype != output.dtype
         or windows.shape != expected
     ):

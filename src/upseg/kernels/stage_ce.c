@@ -42,7 +42,7 @@ static inline v8 splat8(float f) {
 /* exp(x) for x <= 0 (a logit minus the pixel's largest): Cephes' expf polynomial, which
  * vectorises where the libm call does not. Relative error about 1e-7. */
 static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    x = !(x >= -87.0f) ? -87.0f : x; /* NaN too: the caller counts non-finite logits */
     float n = rintf(x * 1.44269504088896341f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
