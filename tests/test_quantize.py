@@ -194,6 +194,9 @@ def test_int8_usage_errors(run: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "m.onnx")
     fresh = run_cli("export", "--backbone", "elunet", "--input-size", "16", "--out", out, "--int8")
     assert fresh.returncode == 2 and "--int8 needs a trained RUN" in fresh.stderr
+    lone = run_cli("export", str(run), "--out", out, "--max-dice-drop", "0.02", "--per-tensor")
+    assert lone.returncode == 2 and not (tmp_path / "m.onnx").exists()
+    assert "--max-dice-drop --per-tensor only apply with --int8" in lone.stderr
     zero = run_cli("export", str(run), "--out", out, "--int8", "--calibration-slices", "0")
     assert zero.returncode == 2 and "--calibration-slices must be at least 1" in zero.stderr
     for drop in ("-0.5", "nan"):

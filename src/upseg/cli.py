@@ -424,8 +424,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from upseg.models import build
 
     _model_flags(args, EXPORT_MODEL_FLAGS, "a RUN directory" if args.run is not None else "")
+    int8_only = {
+        "--calibration-slices": args.calibration_slices is not None,
+        "--max-dice-drop": args.max_dice_drop is not None,
+        "--force-int8": args.force_int8,
+        "--per-tensor": args.per_tensor,
+    }
     if args.int8:
         return _export_int8(args)
+    given = [flag for flag, present in int8_only.items() if present]
+    if given:
+        args.parser.error(f"{' '.join(given)} only apply with --int8")
     check_output_file(args.out, "--out")
     if args.run is not None:
         from upseg.train import load_run
@@ -467,8 +476,8 @@ def _export_int8(args: argparse.Namespace) -> int:
             args.out,
             checkpoint=args.checkpoint,
             tolerance=args.tolerance,
-            calibration_slices=args.calibration_slices,
-            max_dice_drop=args.max_dice_drop,
+            calibration_slices=64 if args.calibration_slices is None else args.calibration_slices,
+            max_dice_drop=0.01 if args.max_dice_drop is None else args.max_dice_drop,
             force=args.force_int8,
             per_channel=not args.per_tensor,
             progress=sys.stderr.isatty(),
@@ -992,14 +1001,14 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument(
         "--calibration-slices",
         type=int,
-        default=64,
+        default=None,
         metavar="N",
         help="training slices the quantiser calibrates on, spread evenly (default 64)",
     )
     int8.add_argument(
         "--max-dice-drop",
         type=float,
-        default=0.01,
+        default=None,
         metavar="D",
         help="refuse the int8 model if its foreground Dice is more than D (>= 0) below "
         "fp32's (default 0.01, one point); on a refusal nothing is written and files "
