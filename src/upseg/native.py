@@ -156,6 +156,8 @@ def load(name: str) -> ctypes.CDLL | None:
         else:
             try:
                 library = _open(name, cc)
+            except FileNotFoundError as error:
+                _reasons[name] = f"the C compiler {cc[0]!r} was not found ({error.strerror})"
             except (OSError, RuntimeError, subprocess.SubprocessError) as error:
                 _reasons[name] = str(error)
         _loaded[name] = library
