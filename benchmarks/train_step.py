@@ -2,7 +2,9 @@
 
 ELU-Net (n = 16), 4 input channels, 4 classes, R = 256, Adam, random data of the real shapes.
 A baseline step trains against the mask at r; a head step against all stages up to 256.
-Runs are interleaved and repeated; the median step time of each is reported.
+Runs are interleaved and repeated; the median step time of each is reported, and the ratio to
+the baseline both from those medians and within each repeat (its median and range), which
+holds up better on a machine whose speed drifts.
 
 usage: python benchmarks/train_step.py [--batch 32] [--steps 8] [--repeats 3] [--bf16]
        [--channels-last] [--no-malloc-setting] [--layerwise] [--heads plain skip]
@@ -115,8 +117,11 @@ def main() -> None:
         f"native stage kernel {kernel}"
     )
     if not args.profile:
-        print("| input | method | step ms (median) | images/s | ratio to baseline |")
-        print("|---|---|---|---|---|")
+        print(
+            "| input | method | step ms (median) | images/s | ratio to baseline | "
+            "ratio within each repeat (median, lowest-highest) |"
+        )
+        print("|---|---|---|---|---|---|")
     for r in args.sizes:
         variants = {"baseline": None, **{f"+{h}": h for h in args.heads}}
         steps = {
@@ -136,9 +141,12 @@ def main() -> None:
         base = statistics.median(times["baseline"])
         for name in steps:
             t = statistics.median(times[name])
+            # each repeat times every variant back to back, so its ratio sees one machine state
+            paired = [a / b for a, b in zip(times[name], times["baseline"], strict=True)]
             print(
                 f"| {r} | elunet{'' if name == 'baseline' else name} | {1000 * t:.0f} | "
-                f"{args.batch / t:.1f} | {t / base:.2f} |"
+                f"{args.batch / t:.1f} | {t / base:.2f} | {statistics.median(paired):.2f} "
+                f"({min(paired):.2f}-{max(paired):.2f}) |"
             )
 
 
