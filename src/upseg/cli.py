@@ -476,8 +476,14 @@ def _export_int8(args: argparse.Namespace) -> int:
             args.out,
             checkpoint=args.checkpoint,
             tolerance=args.tolerance,
-            calibration_slices=64 if args.calibration_slices is None else args.calibration_slices,
-            max_dice_drop=0.01 if args.max_dice_drop is None else args.max_dice_drop,
+            **{
+                key: value
+                for key, value in (
+                    ("calibration_slices", args.calibration_slices),
+                    ("max_dice_drop", args.max_dice_drop),
+                )
+                if value is not None  # else the library's defaults
+            },
             force=args.force_int8,
             per_channel=not args.per_tensor,
             progress=sys.stderr.isatty(),
