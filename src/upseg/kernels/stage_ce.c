@@ -176,15 +176,6 @@ static void forward_images(const float *windows, const uint8_t *labels, int64_t 
     result[1] += nonfinite;
 }
 
-/* 1 when built with OpenMP (the threads argument is used), else 0 (one thread). */
-int stage_ce_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 /* The batch split into `threads` parts in a fixed way, so sums do not depend on timing. */
 static int64_t part_start(int64_t batch, int64_t part, int64_t threads) {
     return batch * part / threads;
