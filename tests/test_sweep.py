@@ -9,6 +9,15 @@ from upseg.data import PhantomReader, prepare
 from upseg.sweep import Method, parse_method, run_sweep
 
 
+def tiny_store(tmp_path: Path) -> Path:
+    """A phantom store of 3 patients with 2 slices each at 64 x 64."""
+    return prepare(
+        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
+        tmp_path / "store",
+        progress=False,
+    )
+
+
 def test_parse_method() -> None:
     assert parse_method("elunet") == Method("elunet", "none", "upsample")
     assert parse_method("unet+skip") == Method("unet", "skip", "upsample")
@@ -89,11 +98,7 @@ def test_sweep_cli_bad_method(tmp_path: Path) -> None:
 def test_sweep_refuses_changed_settings_and_empty(tmp_path: Path) -> None:
     from upseg.train import TrainingError
 
-    store = prepare(
-        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
-        tmp_path / "store",
-        progress=False,
-    )
+    store = tiny_store(tmp_path)
     kwargs = {"epochs": 1, "batch_size": 2, "progress": False}
     run_sweep(
         store,
@@ -159,11 +164,7 @@ def test_sweep_workers_time_limit_and_failed_runs(tmp_path: Path) -> None:
 
 
 def test_sweep_checks_everything_before_training(tmp_path: Path) -> None:
-    store = prepare(
-        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
-        tmp_path / "store",
-        progress=False,
-    )
+    store = tiny_store(tmp_path)
     small = {"backbone_kwargs": {"base_width": 4}}
     kwargs = {"epochs": 1, "batch_size": 2, "progress": False, "extra": small}
     out = tmp_path / "s"
@@ -181,11 +182,7 @@ def test_sweep_checks_everything_before_training(tmp_path: Path) -> None:
 
 
 def test_sweep_names_a_damaged_run_file(tmp_path: Path) -> None:
-    store = prepare(
-        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
-        tmp_path / "store",
-        progress=False,
-    )
+    store = tiny_store(tmp_path)
     args = ["--store", str(store), "--out", str(tmp_path / "s"), "--methods", "elunet"]
     args += ["--resolutions", "16", "--epochs", "1", "--batch-size", "2", "--quiet"]
     args += ["--backbone-kwargs", '{"base_width": 4}']
@@ -201,11 +198,7 @@ def test_sweep_names_a_damaged_run_file(tmp_path: Path) -> None:
 
 
 def test_sweep_goes_on_after_its_store_moves(tmp_path: Path) -> None:
-    store = prepare(
-        PhantomReader(size=64, num_patients=3, slices_per_patient=2),
-        tmp_path / "store",
-        progress=False,
-    )
+    store = tiny_store(tmp_path)
     kwargs = {"epochs": 1, "batch_size": 2, "progress": False}
     small = {"backbone_kwargs": {"base_width": 4}}
     out = tmp_path / "s"
