@@ -902,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the ELU-Net baseline and ELU-Net + head at each input size, score "
         "both at full resolution, count their cost, time them, and print a table. About 5 "
         "minutes on 2 CPU cores with the defaults; re-running reuses finished runs.",
-        epilog="examples:\n  upseg demo\n  upseg demo --data ../shared/data/brats2018 "
+        epilog="examples:\n  upseg demo\n  upseg demo --data data/brats2018 "
         "--format brats --epochs 5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
