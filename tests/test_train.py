@@ -16,6 +16,7 @@ import yaml
 from tests.helpers import run_cli
 from upseg.data import BratsReader, PhantomReader, SliceStore, prepare
 from upseg.report import evaluate_run
+from upseg.schedule import learning_rate
 from upseg.train import TrainConfig, Trainer, TrainingError, load_checkpoint, train
 
 TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 4}
@@ -121,6 +122,10 @@ def test_resume_after_sigkill_matches_uninterrupted(store: Path, tmp_path: Path)
         "true",
         "--seed",
         "3",
+        "--schedule",
+        "cosine",
+        "--warmup-epochs",
+        "1",
         "--quiet",
     ]
     killed = tmp_path / "killed"
@@ -145,6 +150,27 @@ def test_resume_after_sigkill_matches_uninterrupted(store: Path, tmp_path: Path)
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+def test_schedule_sets_the_rate_of_every_step(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = Trainer(
+        config(store, run, epochs=3, schedule="poly", warmup_epochs=1, max_steps_per_epoch=2),
+        progress=False,
+    )
+    seen: list[float] = []
+    step = trainer.optimizer.step
+
+    def record(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record
+    trainer.run()
+    expected = [learning_rate(1e-3, "poly", s, 6, 2) for s in range(6)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] == pytest.approx(5e-4) and seen[-1] < seen[3] < seen[2] == 1e-3
+    assert [m["lr"] for m in metrics(run)] == pytest.approx(expected[1::2])
 
 
 class PoisonedTrainer(Trainer):
@@ -337,6 +363,8 @@ def test_more_cli_errors(store: Path, tmp_path: Path) -> None:
         {"flips": "maybe"},
         {"max_steps_per_epoch": 0},
         {"folds": 1},
+        {"schedule": "step"},
+        {"warmup_epochs": 10},
         {"device": "gpu7"},
         {"backbone_kwargs": []},
     ],

@@ -13,6 +13,7 @@ from upseg.deploy.bench import DEFAULT_RUNTIMES, RUNTIMES
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json
 from upseg.models import HEAD_INITS, list_backbones
+from upseg.schedule import SCHEDULES
 
 HEAD_CHOICES = ("none", "plain", "skip")
 
@@ -268,6 +269,8 @@ TRAIN_FLAGS = (
     "optimizer",
     "lr",
     "weight_decay",
+    "schedule",
+    "warmup_epochs",
     "epochs",
     "batch_size",
     "seed",
@@ -711,6 +714,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
     parser.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     parser.add_argument("--weight-decay", type=float)
+    parser.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning rate per step: constant (default), cosine to 0, or poly (1 - p)^0.9",
+    )
+    parser.add_argument(
+        "--warmup-epochs", type=int, help="linear warm-up from lr / steps (default 0)"
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)

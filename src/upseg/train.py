@@ -48,6 +48,7 @@ from upseg.models import (
 )
 from upseg.resize import DOWNSAMPLE_MODES
 from upseg.runtime import keep_freed_memory
+from upseg.schedule import SCHEDULES, learning_rate
 
 HEADS = ("plain", "skip", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -69,6 +70,8 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine | poly, per optimiser step (upseg.schedule)
+    warmup_epochs: int = 0
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
@@ -108,6 +111,7 @@ class TrainConfig:
             ("target_resize", TARGET_RESIZES),
             ("stage_weights", STAGE_WEIGHTS),
             ("downsample", DOWNSAMPLE_MODES),
+            ("schedule", SCHEDULES),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"unknown {key} {getattr(self, key)!r}; choose one of {allowed}")
@@ -121,6 +125,11 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be at least 1, not {value}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be 0..{self.epochs - 1} (fewer than epochs), "
+                f"not {self.warmup_epochs}"
+            )
         if self.workers < 0:
             raise ValueError(f"workers must be zero or more, not {self.workers}")
         if self.folds < 0 or self.folds == 1:
@@ -544,6 +553,15 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
+            rate = learning_rate(
+                config.lr,
+                config.schedule,
+                epoch * steps + step,
+                config.epochs * steps,
+                config.warmup_epochs * steps,
+            )
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
             image = batch["image"].to(self.device, non_blocking=True)
             mask = batch["mask"].to(self.device, non_blocking=True)
             if config.channels_last:
@@ -579,6 +597,7 @@ class Trainer:
             "train_loss": total / max(seen, 1),
             "train_seconds": seconds,
             "images_per_s": seen * self.world / seconds,
+            "lr": self.optimizer.param_groups[0]["lr"],
         }
 
     def run(self) -> dict:
