@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.data.files import brats_case, truncate
+from tests.data.files import brats_case, lgg_subfolder_tree, truncate
 from tests.helpers import run_cli
 from upseg.cli import main
 from upseg.data import SliceStore
@@ -69,6 +70,56 @@ def test_empty_folder_exit_code(tmp_path: Path) -> None:
     result = run("prepare", str(tmp_path), "--format", "folder", "--out", str(tmp_path / "s"))
     assert result.returncode == 1
     assert "no images/ sub-folder" in result.stderr
+
+
+def test_prepare_lgg_patient_subfolders(tmp_path: Path) -> None:
+    """kaggle_3m as downloaded: one sub-folder per patient of X.tif + X_mask.tif."""
+    counts = {"TCGA_HT_7692_19960724": 3, "TCGA_CS_4941_19960909": 2, "TCGA_DU_5849_19950405": 4}
+    written = lgg_subfolder_tree(tmp_path / "kaggle_3m", counts)
+    out = tmp_path / "s"
+    result = run(
+        "prepare",
+        str(tmp_path / "kaggle_3m"),
+        "--format",
+        "folder",
+        "--layout",
+        "suffix",
+        "--size",
+        "32",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "9 slices of 3 x 32 x 32 from 3 patients" in result.stdout
+    store = SliceStore(out)
+    assert store.patient_ids() == sorted(counts)
+    assert {p["id"]: p["count"] for p in store.manifest["patients"]} == counts
+    for patient in store.manifest["patients"]:
+        for k, name in enumerate(patient["geometry"]["files"]):
+            image, mask = written[name]
+            assert name.startswith(patient["id"] + "/")
+            assert np.array_equal(store.masks[patient["start"] + k], mask // 255)
+            channels = np.moveaxis(image, -1, 0).astype(np.float64)
+            mean = channels.mean(axis=(1, 2), keepdims=True)
+            expected = (channels - mean) / channels.std(axis=(1, 2), keepdims=True)
+            np.testing.assert_allclose(store.images[patient["start"] + k], expected, atol=2e-2)
+
+
+def test_empty_patient_subfolders_exit_code(tmp_path: Path) -> None:
+    (tmp_path / "src" / "TCGA_CS_4941_19960909").mkdir(parents=True)
+    result = run(
+        "prepare",
+        str(tmp_path / "src"),
+        "--format",
+        "folder",
+        "--layout",
+        "suffix",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    assert result.returncode == 1
+    assert f"{tmp_path / 'src'}: no image/mask pairs found" in result.stderr
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -221,19 +223,66 @@ def test_nan_input_exits_non_zero(store: Path, tmp_path: Path) -> None:
 
 def test_evaluate_baseline_and_head(store: Path, tmp_path: Path) -> None:
     baseline, head = tmp_path / "baseline", tmp_path / "head"
-    train(config(store, baseline, head="none", epochs=1), progress=False)
-    train(config(store, head, epochs=1), progress=False)
+    folds = {"folds": 2, "fold": 0}  # two or three validation patients to pair
+    train(config(store, baseline, head="none", epochs=1, **folds), progress=False)
+    train(config(store, head, epochs=1, **folds), progress=False)
     written = evaluate_run(baseline, progress=False)
-    assert [p.name for p in written] == ["last_val.json", "last_val.csv"]
+    assert [p.name for p in written] == [
+        "last_val.json",
+        "last_val.csv",
+        "last_val_patients.csv",
+        "last_val_summary.json",
+    ]
     written = evaluate_run(head, figures=True, against=baseline, num_slices=2, progress=False)
     names = [p.name for p in written]
-    assert names == ["last_val.json", "last_val.csv", "last_val_stages.csv", "last_val_figure.png"]
+    assert names == [
+        "last_val.json",
+        "last_val.csv",
+        "last_val_stages.csv",
+        "last_val_patients.csv",
+        "last_val_summary.json",
+        "last_val_vs_baseline.csv",
+        "last_val_vs_baseline.md",
+        "last_val_figure.png",
+    ]
     result = json.loads(written[0].read_text())
     assert result["method"] == "elunet+plain" and result["output_size"] == 64
     assert sorted(result["scores"]["stages"], key=int) == ["16", "32", "64"]
     for stage in result["scores"]["stages"].values():
         assert 0 <= stage["paper_jaccard"] <= 1
     assert written[-1].stat().st_size > 10_000
+    # per patient: every validation patient, its voxel counts read back from the store
+    opened = SliceStore(store)
+    patients = result["scores"]["patients"]
+    ids = opened.patient_ids()
+    assert set(patients) < set(ids) and result["patients"] == len(patients) >= 2
+    for pid, groups in patients.items():
+        masks = np.asarray(opened.masks[opened.slices[:, 0] == ids.index(pid)])
+        assert list(groups) == ["NCR", "ED", "ET", "WT", "TC"]
+        assert groups["ED"]["n_ref"] == int((masks == 2).sum())
+        assert groups["WT"]["n_ref"] == int((masks > 0).sum())
+    summary = json.loads(written[4].read_text())
+    dice = [p["metrics"]["WT"]["dice"] for p in summary["metric_per_case"]]
+    assert summary["mean"]["WT"]["dice"] == pytest.approx(np.nanmean(dice))
+    rows = list(csv.DictReader(written[5].open()))
+    assert len(rows) == 5 * 4 and {r["n"] for r in rows if r["group"] == "WT"} == {
+        str(len(patients))
+    }
+    assert {r["verdict"] for r in rows if r["group"] == "WT"} <= {"ahead", "level", "behind"}
+    assert "difference [95% CI]" in written[6].read_text()
+
+
+def test_a_run_against_itself_is_level(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config(store, run, epochs=1, folds=2, fold=0), progress=False)
+    written = evaluate_run(run, against=run, progress=False)
+    rows = list(csv.DictReader(written[-2].open()))
+    wt = {(float(r["mean"]), float(r["low"]), r["verdict"]) for r in rows if r["group"] == "WT"}
+    assert wt == {(0.0, 0.0, "level")}
+    other = tmp_path / "fold1"
+    train(config(store, other, epochs=1, folds=2, fold=1), progress=False)
+    with pytest.raises(TrainingError, match="patients differ"):
+        evaluate_run(run, against=other, progress=False)
 
 
 def test_config_file_and_flags(store: Path, tmp_path: Path) -> None:
@@ -269,6 +318,7 @@ def test_config_file_and_flags(store: Path, tmp_path: Path) -> None:
             "differs from the store's resolution 64",
         ),
         (["evaluate", "nowhere"], 1, "no checkpoints/last.pt"),
+        (["evaluate", "nowhere", "--tolerance", "-1"], 2, "--tolerance must be a finite"),
     ],
 )
 def test_cli_errors(argv: list[str], code: int, message: str, store: Path, tmp_path: Path) -> None:

@@ -310,6 +310,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from upseg.report import evaluate_run
 
+    if not args.tolerance >= 0 or args.tolerance == float("inf"):
+        args.parser.error(
+            f"--tolerance must be a finite number of pixels >= 0, not {args.tolerance}"
+        )
     written = evaluate_run(
         args.run,
         checkpoint=args.checkpoint,
@@ -318,6 +322,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         against=args.against,
         num_slices=args.num_slices,
         progress=not args.quiet,
+        tolerance=args.tolerance,
+        seed=args.seed,
     )
     for path in written:
         print(f"wrote {path}")
@@ -881,9 +887,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="score a run at full resolution: paper-style, per class, foreground, regions",
+        help="score a run at full resolution: pooled and per patient, overlap and boundary",
         description="Score a trained run on its validation split at R (baselines are stretched "
-        "bilinearly first) and write JSON and CSV; with a head, every stage is scored too.",
+        "bilinearly first) and write JSON and CSV: pooled paper-style and foreground scores, "
+        "and per patient (all its slices as one volume) Dice, Jaccard, HD95 and normalised "
+        "surface Dice per class and region, as a CSV and an nnU-Net-style summary.json; with "
+        "a head, every stage is scored too. With --against, the two runs are compared patient "
+        "by patient (mean difference, 95%% bootstrap interval, verdict).",
         epilog="example: upseg evaluate runs/head16 --figures --against runs/elunet16",
     )
     evaluate.add_argument("run", type=Path, help="run directory")
@@ -901,11 +911,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--against",
         type=Path,
         metavar="RUN_DIR",
-        help="a second run (e.g. the baseline) shown beside this one",
+        help="a second run on the same patients (e.g. the baseline): paired comparison, and "
+        "shown beside this one in --figures",
+    )
+    evaluate.add_argument(
+        "--tolerance",
+        type=float,
+        default=2.0,
+        metavar="PX",
+        help="surface Dice tolerance in pixels at R (default 2)",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="bootstrap seed of the paired interval (default 0)"
     )
     evaluate.add_argument("--num-slices", type=_positive_int, default=4, help="rows in the figure")
     evaluate.add_argument("--quiet", action="store_true")
-    evaluate.set_defaults(func=cmd_evaluate)
+    evaluate.set_defaults(func=cmd_evaluate, parser=evaluate)
 
     demo = commands.add_parser(
         "demo",

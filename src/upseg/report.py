@@ -8,8 +8,10 @@ import numpy as np
 import torch
 
 from upseg.data import LowResPairs, SliceStore
+from upseg.errors import TrainingError
 from upseg.evaluate import score
-from upseg.io import write_csv, write_json
+from upseg.io import write_csv, write_json, write_text_atomic
+from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
 from upseg.plots import qualitative_grid
 from upseg.resize import downsample_labels, stretch_logits
 from upseg.train import (
@@ -134,6 +136,79 @@ def figure(
     )
 
 
+def _score_run(
+    run: Path,
+    checkpoint: str,
+    split: str,
+    store: str | Path | None,
+    device: torch.device | str,
+    tolerance: float,
+    progress: bool,
+) -> tuple[TrainConfig, dict, SliceStore, int, dict]:
+    """A run's config, checkpoint state, (checked) store, slice count and scores, with
+    per-stage (head runs) and per-patient scores."""
+    model, config, state = load_run(run, checkpoint)
+    if store is not None:
+        config.store = str(store)
+    elif (run / "config.yaml").is_file():
+        config.store = read_run_config(run).store
+    opened = open_run_store(config, state, run)
+    dataset = run_dataset(config, opened, split)
+    scores = score(
+        model.to(device),
+        dataset,
+        opened.class_names,
+        config.batch_size,
+        device,
+        per_stage=model.head is not None,
+        progress=progress,
+        per_patient=True,
+        tolerance=tolerance,
+    )
+    return config, state, opened, len(dataset), scores
+
+
+def nnunet_summary(scores: dict, tolerance: float) -> dict:
+    """nnU-Net's summary.json shape: every case, then the means (and medians) over cases."""
+    summary = scores["patient_summary"]
+    return {
+        "metric_per_case": [
+            {"patient": pid, "metrics": groups} for pid, groups in scores["patients"].items()
+        ],
+        "mean": {g: {m: v["mean"] for m, v in ms.items()} for g, ms in summary.items()},
+        "median": {g: {m: v["median"] for m, v in ms.items()} for g, ms in summary.items()},
+        "patients_scored": {g: {m: v["n"] for m, v in ms.items()} for g, ms in summary.items()},
+        "nsd_tolerance_px": tolerance,
+    }
+
+
+def _points(metric: str, value: float) -> str:
+    return f"{value:.2f} px" if metric == "hd95" else f"{100 * value:.1f}"
+
+
+def comparison_markdown(rows: list[dict], ours: str, theirs: str) -> str:
+    """The paired comparison as a markdown table (Dice, Jaccard, NSD in points of 100)."""
+    lines = [
+        f"Per-patient paired comparison: {ours} against {theirs} (difference = ours - theirs, "
+        "95% bootstrap interval over patients; HD95 in pixels at R, lower is better)",
+        "",
+        f"| group | metric | patients | {ours} | {theirs} | difference [95% CI] | "
+        "better in | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        m = row["metric"]
+        interval = (
+            f"{_points(m, row['mean'])} [{_points(m, row['low'])}, {_points(m, row['high'])}]"
+        )
+        lines.append(
+            f"| {row['group']} | {m} | {row['n']} | {_points(m, row['ours'])} | "
+            f"{_points(m, row['theirs'])} | {interval} | {row['better']}/{row['n']} | "
+            f"{row['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_run(
     run: str | Path,
     checkpoint: str = "last",
@@ -144,31 +219,33 @@ def evaluate_run(
     progress: bool = True,
     device: torch.device | str = "cpu",
     store: str | Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
 ) -> list[Path]:
-    """`store`: where the run's store is now; by default the one in RUN/config.yaml (which
-    a user may edit after moving the store), else the one the checkpoint records."""
+    """Score RUN and write RUN/evaluation/<checkpoint>_<split>{.json,.csv,_stages.csv,
+    _patients.csv,_summary.json}; with `against`, also the paired per-patient comparison
+    (_vs_<name>.csv / .md; bootstrap `seed`). `store`: where the run's store is now; by
+    default the one in RUN/config.yaml (which a user may edit after moving the store), else
+    the one the checkpoint records."""
     run = Path(run)
-    model, config, state = load_run(run, checkpoint)
-    if store is not None:
-        config.store = str(store)
-    elif (run / "config.yaml").is_file():
-        config.store = read_run_config(run).store
-    store = open_run_store(config, state, run)
-    dataset = run_dataset(config, store, split)
-    scores = score(
-        model.to(device),
-        dataset,
-        store.class_names,
-        config.batch_size,
-        device,
-        per_stage=model.head is not None,
-        progress=progress,
+    config, state, opened, slices, scores = _score_run(
+        run, checkpoint, split, store, device, tolerance, progress
     )
+    other = None
+    if against is not None:  # scored before any writing: a run that does not fit stops here
+        other = _score_run(Path(against), checkpoint, split, store, device, tolerance, progress)
+        missing = sorted(set(scores["patients"]) - set(other[4]["patients"]))
+        if missing:
+            raise TrainingError(
+                f"{against}: its {split} patients differ from {run}'s ({len(missing)} of "
+                f"{len(scores['patients'])} missing, e.g. {missing[0]}); compare runs of the "
+                "same store and fold"
+            )
     out = run / "evaluation"
     out.mkdir(exist_ok=True)
     stem = f"{checkpoint}_{split}"
     figure_path = None
-    if figures:  # first: a run to compare against that does not fit stops before any writing
+    if figures:
         figure_path = figure(
             run,
             Path(against) if against else None,
@@ -176,17 +253,19 @@ def evaluate_run(
             split,
             num_slices,
             out / f"{stem}_figure.png",
-            store,
+            opened,
         )
     meta = {
         "run": str(run),
         "method": method_label(config),
         "input_size": config.input_size,
-        "output_size": store.size,
+        "output_size": opened.size,
         "checkpoint": checkpoint,
         "epoch": state["epoch"],
         "split": split,
-        "slices": len(dataset),
+        "slices": slices,
+        "patients": len(scores["patients"]),
+        "nsd_tolerance_px": tolerance,
     }
     written = [out / f"{stem}.json", out / f"{stem}.csv"]
     write_json(written[0], {**meta, "scores": scores})
@@ -204,13 +283,34 @@ def evaluate_run(
         ]
         written.append(out / f"{stem}_stages.csv")
         write_csv(written[-1], rows)
+    written.append(write_csv(out / f"{stem}_patients.csv", patient_rows(scores["patients"])))
+    written.append(write_json(out / f"{stem}_summary.json", nnunet_summary(scores, tolerance)))
     if progress:
         print(
-            f"{meta['method']} @ {config.input_size} -> {store.size}, {checkpoint} weights "
+            f"{meta['method']} @ {config.input_size} -> {opened.size}, {checkpoint} weights "
             f"(epoch {state['epoch']}), {split}: foreground Dice "
             f"{scores['foreground_dice']:.4f}, paper-style Jaccard "
-            f"{scores['paper_jaccard']:.4f}"
+            f"{scores['paper_jaccard']:.4f} (pooled over {slices} slices)"
         )
+        for group, values in scores["patient_summary"].items():
+            print(
+                f"  per patient, {group}: Dice mean {values['dice']['mean']:.4f} median "
+                f"{values['dice']['median']:.4f}, HD95 mean {values['hd95']['mean']:.2f} px, "
+                f"NSD@{tolerance:g}px mean {values['nsd']['mean']:.4f} "
+                f"({values['dice']['n']} patients)"
+            )
+    if other is not None:
+        rows = compare_patients(scores["patients"], other[4]["patients"], HIGHER_IS_BETTER, seed)
+        name = Path(against).resolve().name
+        table = comparison_markdown(
+            rows,
+            f"{meta['method']} @ {config.input_size}",
+            f"{method_label(other[0])} @ {other[0].input_size}",
+        )
+        written.append(write_csv(out / f"{stem}_vs_{name}.csv", rows))
+        written.append(write_text_atomic(out / f"{stem}_vs_{name}.md", table))
+        if progress:
+            print(table)
     if figure_path is not None:
         written.append(figure_path)
     return written

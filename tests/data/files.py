@@ -70,3 +70,27 @@ def decathlon_task(root: Path, cases: int = 3, shape=(24, 20, 5), name="Prostate
     }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+def lgg_subfolder_tree(
+    root: Path, slices: dict[str, int], size: int = 32
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The kaggle_3m layout of the Kaggle LGG set: root/<patient>/<patient>_<k>.tif (uint8,
+    3 channels last) beside <patient>_<k>_mask.tif (0/255), k = 1..n, for each patient: n.
+    Returns, by file path below root, the (image, mask) arrays written."""
+    import tifffile
+
+    written: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for p, (patient, count) in enumerate(slices.items()):
+        for k in range(1, count + 1):
+            rng = np.random.default_rng([p, k])
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            image[..., 1] //= 2  # channels with different statistics
+            mask = np.zeros((size, size), np.uint8)
+            mask[k : k + 4, p : p + 6] = 255  # a different box on every slice
+            folder = root / patient
+            folder.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(folder / f"{patient}_{k}.tif", image)
+            tifffile.imwrite(folder / f"{patient}_{k}_mask.tif", mask)
+            written[f"{patient}/{patient}_{k}.tif"] = (image, mask)
+    return written

@@ -21,6 +21,8 @@ def _random_head(num_classes: int, num_stages: int, skip: bool, init: str) -> Up
         (4, 4, True, "upsample"),
         (2, 3, True, "pytorch"),
         (3, 5, False, "upsample"),
+        (2, 3, False, "bilinear"),
+        (4, 4, True, "bilinear"),
     ],
 )
 @pytest.mark.parametrize("size", [(1, 1), (1, 4), (2, 2), (3, 5), (7, 2), (16, 16)])
@@ -33,6 +35,18 @@ def test_folded_head_equals_the_stages(num_classes, num_stages, skip, init, size
     assert len(got) == 2 and got[0] is x
     assert got[1].shape == expected.shape
     torch.testing.assert_close(got[1], expected, rtol=1e-5, atol=1e-5 * expected.abs().max())
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (8, 8)])
+def test_folded_bilinear_head_equals_it_untrained(skip: bool, size: tuple[int, int]) -> None:
+    """Folding the head exactly as initialised: the zero-padded border of every stage (which
+    makes the bilinear start differ from interpolate) is carried by the border regions."""
+    head = UpscalingHead(2, 3, skip=skip, init="bilinear").eval()
+    x = torch.randn(2, 2, *size)
+    with torch.no_grad():
+        expected, got = head(x)[-1], fold_head(head)(x)[1]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_border_blocks_need_their_own_weights() -> None:

@@ -1,14 +1,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from upseg.models import (
+    DEFAULT_HEAD_INIT,
+    HEAD_INITS,
     UpscalingHead,
     UpscalingStage,
+    method_name,
     plain_head_num_params,
     skip_head_num_params,
 )
 from upseg.profile import count_parameters
+from upseg.resize import stretch_logits
 from upseg.subpixel import attached_windows, window_shuffle, window_view
 
 
@@ -75,6 +80,149 @@ def test_upsample_init_trains_away_from_identity() -> None:
     head = UpscalingHead(2, 2, init="upsample")
     head(torch.randn(1, 2, 8, 8))[-1].sum().backward()
     assert all(p.grad is not None for p in head.parameters())
+
+
+def _bilinear_x2(x: Tensor, steps: int = 1) -> Tensor:
+    for _ in range(steps):
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    return x
+
+
+def _stretch(x: Tensor, scale: int) -> Tensor:
+    """The baseline's one bilinear stretch of square logits by `scale`."""
+    assert x.shape[-2] == x.shape[-1]
+    return stretch_logits(x, x.shape[-1] * scale)
+
+
+def _inside(x: Tensor, border: int) -> Tensor:
+    """x without `border` pixels on each side of its last two dimensions."""
+    height, width = x.shape[-2:]
+    return x[..., border : height - border, border : width - border]
+
+
+def _depth(differs: Tensor) -> int:
+    """How far in from the nearest side (1 = the outermost ring) the deepest True pixel of a
+    (..., H, W) mask lies; 0 when there is none."""
+    height, width = differs.shape[-2:]
+    rows = torch.arange(height).view(height, 1)
+    cols = torch.arange(width).view(1, width)
+    depth = torch.minimum(
+        torch.minimum(rows, height - 1 - rows), torch.minimum(cols, width - 1 - cols)
+    )
+    depth = (depth + 1).expand_as(differs)
+    return int(depth[differs].max()) if differs.any() else 0
+
+
+def test_bilinear_is_an_init_name_but_not_the_default() -> None:
+    assert "bilinear" in HEAD_INITS and DEFAULT_HEAD_INIT == "upsample"
+    assert UpscalingHead(2, 2, init="bilinear").init == "bilinear"
+    assert method_name("elunet", "plain", "bilinear") == "elunet+plain:bilinear"
+    assert method_name("elunet", "skip", "upsample") == "elunet+skip"
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("num_classes", [1, 3, 5])
+@pytest.mark.parametrize("size", [(2, 2), (5, 7), (16, 16)])
+def test_bilinear_stage_is_interpolate_inside_a_one_pixel_border(
+    num_classes: int, size: tuple[int, int], groups: int
+) -> None:
+    """One stage is F.interpolate(bilinear, align_corners=False) of the mean of its input
+    groups but on the outermost ring, where zero padding makes it 3/4 (corners 9/16) of it."""
+    stage = UpscalingStage(groups * num_classes, num_classes)
+    stage.init_as_bilinear_upsampling()
+    x = torch.randn(2, groups * num_classes, *size, dtype=torch.float64) + 3.0
+    with torch.no_grad():
+        got = stage.double()(x)
+    expected = _bilinear_x2(x.view(2, groups, num_classes, *size).mean(1))
+    torch.testing.assert_close(_inside(got, 1), _inside(expected, 1), rtol=0, atol=1e-12)
+    # The ring: 3/4 of interpolate along each side, (3/4)^2 at the corners.
+    height, width = expected.shape[-2:]
+    row_factor, col_factor = torch.ones(height, dtype=x.dtype), torch.ones(width, dtype=x.dtype)
+    row_factor[[0, -1]] = col_factor[[0, -1]] = 0.75
+    ratio = got / expected  # the input is positive, far from 0
+    factor = (row_factor[:, None] * col_factor).expand_as(ratio)
+    torch.testing.assert_close(ratio, factor, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_classes", [1, 3])
+@pytest.mark.parametrize("size", [(2, 2), (5, 7), (9, 4)])
+def test_bilinear_plain_head_is_repeated_bilinear_steps_inside_its_border_band(
+    num_classes: int, num_stages: int, size: tuple[int, int]
+) -> None:
+    """Y_k equals k bilinear x2 steps except on a band of exactly 2^k - 1 pixels along each
+    side: stage k's zero padding spoils its outer ring, and each x2 step widens what the
+    previous stages spoilt from b to 2 b pixels (every output pixel reads the input pixels at
+    half its distance, rounded up), so b_k = 2 b_(k-1) + 1."""
+    head = UpscalingHead(num_classes, num_stages, init="bilinear").double().eval()
+    x = torch.randn(2, num_classes, *size, dtype=torch.float64)
+    with torch.no_grad():
+        outputs = head(x)
+    for k, output in enumerate(outputs):
+        expected = _bilinear_x2(x, k)
+        band = 2**k - 1
+        torch.testing.assert_close(
+            _inside(output, band), _inside(expected, band), rtol=0, atol=1e-12
+        )
+        # ... and not one pixel less: the innermost ring of the band is off.
+        assert _depth((output - expected).abs() > 1e-9) == band
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+def test_bilinear_head_agrees_with_one_direct_stretch_on_ramps(num_stages: int) -> None:
+    """The baseline is scored after one bilinear stretch by S = 2^m (resize.stretch_logits);
+    the head's m x2 steps sample the same positions and agree with it on affine logits inside
+    the head's border band, so the two are aligned (no sub-pixel shift)."""
+    scale, band = 2**num_stages, 2**num_stages - 1
+    head = UpscalingHead(2, num_stages, init="bilinear").double().eval()
+    rows = torch.arange(10, dtype=torch.float64).view(10, 1)
+    cols = torch.arange(10, dtype=torch.float64).view(1, 10)
+    ramps = torch.stack([0.3 * rows - 0.7 * cols + 1.5, -2.0 * rows + 0.1 * cols])[None]
+    with torch.no_grad():
+        got = head(ramps)[-1]
+    expected = _stretch(ramps, scale)
+    torch.testing.assert_close(_inside(got, band), _inside(expected, band), rtol=0, atol=1e-12)
+    if num_stages == 1:  # one step is the stretch itself
+        x = torch.randn(1, 2, 10, 10, dtype=torch.float64)
+        with torch.no_grad():
+            got = head(x)[-1]
+        torch.testing.assert_close(_inside(got, 1), _inside(_stretch(x, 2), 1), rtol=0, atol=1e-12)
+
+
+def test_bilinear_head_versus_one_direct_stretch_on_random_logits() -> None:
+    """What separates the bilinear start from the baseline's stretch at m = 4 (16 x): m x2
+    steps smooth more than one x16 step (their kernel tends to a quadratic B-spline). Inside
+    the border band, the difference is a fixed kernel per output sub-pixel applied to the
+    logits: its L1 norm is at most 0.752, so |head - stretch| <= 0.752 max|logits|, and for
+    i.i.d. N(0, 1) logits its mean absolute size is 0.112 (from the kernel's L2 norms; the
+    nearest start, 'upsample', is 0.43 from the stretch on the same logits)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 32, 32, generator=generator, dtype=torch.float64)
+    band = 15
+    with torch.no_grad():
+        bilinear = UpscalingHead(2, 4, init="bilinear").double().eval()(x)[-1]
+        nearest = UpscalingHead(2, 4, init="upsample").double().eval()(x)[-1]
+    direct = _stretch(x, 16)
+    gap = _inside(bilinear - direct, band).abs()
+    assert gap.max() <= 0.752 * x.abs().max()
+    assert 0.10 <= gap.mean() <= 0.125
+    assert _inside(nearest - direct, band).abs().mean() > 3 * gap.mean()
+
+
+@pytest.mark.parametrize("num_stages", [3, 4, 5])
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_bilinear_skip_head_starts_as_the_plain_bilinear_head(
+    num_classes: int, num_stages: int
+) -> None:
+    """Stretch chains bilinear, concat stages on the mean of two equal inputs: the skip head
+    starts equal to the plain bilinear head everywhere (so inside the band too)."""
+    x = torch.randn(2, num_classes, 6, 5)
+    with torch.no_grad():
+        skip = UpscalingHead(num_classes, num_stages, skip=True, init="bilinear")(x)
+        plain = UpscalingHead(num_classes, num_stages, init="bilinear")(x)
+    assert len(skip) == len(plain) == num_stages + 1
+    for got, expected in zip(skip, plain, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,20 @@
 """2-D image folders: image/mask pairs as PNG or TIFF.
 
-Layouts: 'images-masks' (images/X.png + masks/X.png) or 'suffix' (X.tif + X_mask.tif).
+Layouts: 'images-masks' (images/X.png + masks/X.png) or 'suffix' (X.tif + X_mask.tif, as
+the Kaggle LGG set kaggle_3m ships them). Sub-folders are searched too (hidden ones, named
+'.*', are skipped): images/P/X.png pairs with masks/P/X.png, P/X.tif with P/X_mask.tif.
 Images may have several channels (RGB PNG, multi-page or channel-last TIFF); each is z-scored
 per image and channel. Masks map their pixel values to classes through `values`
 (default {0: 0, 1: 1, 255: 1}: binary masks stored as 0/1 or 0/255). Every slice is
-stretched to R x R (bilinear images, nearest masks). A regex on the file stem gives the
-patient id (its first group), so that splits stay patient-level.
+stretched to R x R (bilinear images, nearest masks).
+
+Patients, so that splits stay patient-level: with a regex on the file stem, its first group
+(or whole match) names the patient, wherever the file lies. Without one, a file in a
+sub-folder belongs to the patient named by that sub-folder (its path below the search
+folder, 'P' or 'site/P'), and a file directly in the search folder is a patient of its own,
+named by its stem. Slices of a patient follow their paths in natural order (numbers compared
+as numbers, so X_2 comes before X_10), which per-patient (3-D) scores rely on; the store
+records each slice's path below the search folder.
 """
 
 from __future__ import annotations
@@ -43,6 +52,43 @@ def read_image_file(path: Path, labels: bool = False) -> np.ndarray:
             return np.asarray(image)
     except Exception as error:
         raise DataError(path, f"cannot read the image ({error})") from None
+
+
+def natural_key(parts: tuple[str, ...]) -> list[tuple[int, int | str]]:
+    """Sort key of path parts with runs of digits compared as numbers ('s2' < 's10')."""
+    key: list[tuple[int, int | str]] = []
+    for part in parts:
+        for chunk in re.findall(r"\d+|\D+", part):
+            key.append((0, int(chunk)) if chunk.isdigit() else (1, chunk))
+        key.append((2, ""))  # ends a part, so 'a/b' sorts beside 'a/c', not after 'a0'
+    return key
+
+
+def image_files(top: Path) -> list[Path]:
+    """PNG/TIFF files in `top` and its sub-folders, in natural order of their path below `top`.
+    Hidden sub-folders ('.*') are skipped; linked folders are followed, each real folder
+    listed once (so a link loop ends). DataError naming a folder that cannot be listed."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+
+    def visit(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as error:
+            raise DataError(folder, f"cannot list the folder ({error})") from None
+        for entry in entries:
+            if entry.is_dir():
+                if not entry.name.startswith("."):
+                    visit(entry)
+            elif entry.suffix.lower() in EXTENSIONS:
+                found.append(entry)
+
+    visit(top)
+    return sorted(found, key=lambda path: natural_key(path.relative_to(top).parts))
 
 
 def _channels_first(array: np.ndarray, path: Path) -> np.ndarray:
@@ -143,6 +189,11 @@ class FolderReader:
             "patient_regex": patient_regex,
         }
 
+    @property
+    def search_root(self) -> Path:
+        """The folder whose sub-folders name patients: images/ or the root itself."""
+        return self.root / "images" if self.layout == "images-masks" else self.root
+
     def _pairs(self) -> list[tuple[Path, Path]]:
         if not self.root.is_dir():
             raise DataError(self.root, "image folder not found")
@@ -151,16 +202,16 @@ class FolderReader:
             image_dir, mask_dir = self.root / "images", self.root / "masks"
             if not image_dir.is_dir():
                 raise DataError(self.root, "no images/ sub-folder (layout images-masks)")
-            for image in sorted(image_dir.iterdir()):
-                if image.suffix.lower() in EXTENSIONS:
-                    candidates = [mask_dir / f"{image.stem}{ext}" for ext in EXTENSIONS]
-                    mask = next((c for c in candidates if c.is_file()), None)
-                    if mask is None:
-                        raise DataError(image, f"no mask for it in {mask_dir}")
-                    pairs.append((image, mask))
+            for image in image_files(image_dir):
+                folder = mask_dir / image.parent.relative_to(image_dir)
+                candidates = [folder / f"{image.stem}{ext}" for ext in EXTENSIONS]
+                mask = next((c for c in candidates if c.is_file()), None)
+                if mask is None:
+                    raise DataError(image, f"no mask for it in {folder}")
+                pairs.append((image, mask))
         else:
-            for image in sorted(self.root.iterdir()):
-                if image.suffix.lower() in EXTENSIONS and not image.stem.endswith("_mask"):
+            for image in image_files(self.root):
+                if not image.stem.endswith("_mask"):
                     mask = image.with_name(f"{image.stem}_mask{image.suffix}")
                     if not mask.is_file():
                         raise DataError(image, f"no mask {mask.name} beside it")
@@ -169,13 +220,18 @@ class FolderReader:
             raise DataError(
                 self.root,
                 f"no image/mask pairs found ({', '.join(EXTENSIONS)} files, layout "
-                f"{self.layout!r})",
+                f"{self.layout!r}, sub-folders included)",
             )
         return pairs
 
+    def _subfolder(self, image: Path) -> str | None:
+        """The sub-folder below search_root holding `image` ('P', 'site/P'); None at the top."""
+        folder = image.parent.relative_to(self.search_root)
+        return folder.as_posix() if folder.parts else None
+
     def _patient(self, image: Path) -> str:
         if self.patient_regex is None:
-            return image.stem
+            return self._subfolder(image) or image.stem
         match = self.patient_regex.search(image.stem)
         if match is None:
             raise DataError(
@@ -191,9 +247,22 @@ class FolderReader:
         return patient
 
     def items(self) -> list[tuple[str, list[tuple[Path, Path]]]]:
+        """(patient id, its (image, mask) pairs in path order), sorted by patient id."""
         groups: dict[str, list[tuple[Path, Path]]] = defaultdict(list)
+        top_level: dict[str, Path] = {}  # without a regex: patients named by a file's stem
         for image, mask in self._pairs():
-            groups[self._patient(image)].append((image, mask))
+            patient = self._patient(image)
+            if self.patient_regex is None and self._subfolder(image) is None:
+                top_level.setdefault(patient, image)
+            groups[patient].append((image, mask))
+        for patient, image in top_level.items():
+            if any(self._subfolder(other) for other, _ in groups[patient]):
+                raise DataError(
+                    image,
+                    f"its patient id {patient!r} (the file name) is also the sub-folder "
+                    f"{patient}/ of another patient; move the file into a sub-folder or "
+                    "pass --patient-regex",
+                )
         return sorted(groups.items())
 
     def read(self, item: tuple[str, list[tuple[Path, Path]]]) -> Case:
@@ -232,7 +301,7 @@ class FolderReader:
             source=str(pairs[0][0].parent),
             geometry={
                 "transform": "stretch",
-                "files": [p.name for p, _ in pairs],
+                "files": [p.relative_to(self.search_root).as_posix() for p, _ in pairs],
                 "shapes": shapes,
             },
         )

@@ -25,8 +25,8 @@ from torch.autograd.function import once_differentiable
 from upseg.stage_ce import StageTerms
 from upseg.subpixel import attach_windows, window_shuffle
 
-HeadInit = Literal["upsample", "pytorch"]
-HEAD_INITS: tuple[str, ...] = ("upsample", "pytorch")
+HeadInit = Literal["upsample", "bilinear", "pytorch"]
+HEAD_INITS: tuple[str, ...] = ("upsample", "bilinear", "pytorch")
 DEFAULT_HEAD_INIT = "upsample"
 # "default" named PyTorch's initialisation while that was the default; configs saved then keep
 # their meaning.
@@ -35,7 +35,8 @@ _LEGACY_HEAD_INITS = {"default": "pytorch"}
 
 def resolve_head_init(name: str) -> str:
     """The head initialisation `name` stands for: 'upsample' (every stage starts as exact
-    nearest up-sampling) or 'pytorch' (PyTorch's layer initialisation, as in the paper)."""
+    nearest up-sampling), 'bilinear' (every stage starts as bilinear up-sampling, exact but
+    for the border) or 'pytorch' (PyTorch's layer initialisation, as in the paper)."""
     name = _LEGACY_HEAD_INITS.get(name, name)
     if name not in HEAD_INITS:
         raise ValueError(f"unknown head init {name!r}; choose one of {HEAD_INITS}")
@@ -174,6 +175,29 @@ class UpscalingStage(nn.Sequential):
         With Cin = g * Nc (g concatenated groups of Nc channels) it returns the mean of the g
         groups, up-sampled; for identical groups that is nearest up-sampling of any one.
         """
+        identity = torch.zeros(3, 3)
+        identity[1, 1] = 1.0
+        self._init_as_upsampling(identity)
+
+    @torch.no_grad()
+    def init_as_bilinear_upsampling(self) -> None:
+        """Make the stage 2x bilinear up-sampling of its input (align_corners=False).
+
+        The transposed conv is nearest up-sampling (as in `init_as_nearest_upsampling`, so a
+        concat stage takes the mean of its groups) and the 3x3 conv smooths each class with
+        [1, 2, 1] / 4 x [1, 2, 1] / 4: output pixel 2i gets (x[i-1] + 3 x[i]) / 4 and 2i + 1
+        gets (3 x[i] + x[i+1]) / 4, which is F.interpolate(mode="bilinear",
+        align_corners=False) everywhere but on the outermost ring of output pixels. There the
+        conv reads its zero padding where interpolate repeats the edge pixel, so the ring is
+        3/4 of interpolate's value (edge pixel 2i: 3/4 x[0] instead of x[0]), 9/16 at the four
+        corners. With Cin = g * Nc it up-samples the mean of the g groups.
+        """
+        taps = torch.tensor([1.0, 2.0, 1.0]) / 4
+        self._init_as_upsampling(torch.outer(taps, taps))
+
+    def _init_as_upsampling(self, kernel: Tensor) -> None:
+        """ConvTranspose: nearest up-sampling of the mean of the input groups; 3x3 conv: `kernel`
+        (3, 3) on the channel diagonal, zero across classes; biases 0."""
         transposed, conv = self[0], self[1]
         num_classes = conv.out_channels
         groups = transposed.in_channels // num_classes
@@ -183,7 +207,7 @@ class UpscalingStage(nn.Sequential):
                 transposed.weight[g * num_classes + c, c] = 1.0 / groups
         conv.weight.zero_()  # (Nc, Nc, 3, 3)
         for c in range(num_classes):
-            conv.weight[c, c, 1, 1] = 1.0
+            conv.weight[c, c] = kernel.to(conv.weight)
         transposed.bias.zero_()
         conv.bias.zero_()
 
@@ -205,9 +229,22 @@ class UpscalingHead(nn.Module):
     """(B, Nc, r, r) logits -> list [Y0, Y1, ..., Ym] with Y_k of shape (B, Nc, r 2^k, r 2^k).
 
     init 'upsample' (the default) starts every stage as exact nearest up-sampling, so the head
-    begins as the baseline's stretch and learns from there; 'pytorch' keeps PyTorch's layer
+    begins as a stretch of the logits and learns from there; 'pytorch' keeps PyTorch's layer
     initialisation (the paper's). On the shared BraTS cases the 'pytorch' start lost to the
     baseline in 24 of 25 short runs (docs/results.md).
+
+    init 'bilinear' starts every stage as bilinear x2 up-sampling (align_corners=False; see
+    UpscalingStage.init_as_bilinear_upsampling), concat stages of the skip head on the mean of
+    their two inputs as with 'upsample', and the stretch chains bilinear too, so the skip head
+    starts equal to the plain one. Where it differs from m repeated
+    F.interpolate(scale_factor=2, mode="bilinear") steps: the zero padding of each stage's
+    3x3 conv, which spreads inwards to a band of 2^m - 1 output pixels along each side of
+    Y_m (less than one input pixel). Where it differs from the baseline's one bilinear
+    stretch by 2^m (upseg.resize.stretch_logits): besides that band, m x2 steps are not one
+    x2^m step. Both reproduce constant and linear ramps of the logits exactly inside the
+    band, but repeated x2 steps smooth more (they tend to a quadratic B-spline, not a
+    piecewise-linear interpolant), so the head starts close to the baseline's stretch, not
+    equal to it (tests/models/test_head.py measures the gap).
     """
 
     def __init__(
@@ -246,10 +283,13 @@ class UpscalingHead(nn.Module):
             for k in range(first_skip, num_stages + 1)
         )
         self.first_skip = first_skip
-        if init == "upsample":
+        if init in ("upsample", "bilinear"):
             for module in self.modules():
                 if isinstance(module, UpscalingStage):
-                    module.init_as_nearest_upsampling()
+                    if init == "upsample":
+                        module.init_as_nearest_upsampling()
+                    else:
+                        module.init_as_bilinear_upsampling()
 
     def forward(self, logits: Tensor) -> list[Tensor]:
         outputs = [logits]

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from upseg.metrics import paired_difference
+
+
+def scores(values) -> dict[str, float]:
+    return {f"p{i}": float(v) for i, v in enumerate(values)}
+
+
+def test_interval_is_deterministic_with_its_seed() -> None:
+    rng = np.random.default_rng(1)
+    ours, theirs = scores(rng.random(20)), scores(rng.random(20))
+    first = paired_difference(ours, theirs, seed=7)
+    assert first == paired_difference(ours, theirs, seed=7)
+    assert (first.low, first.high) != (
+        paired_difference(ours, theirs, seed=8).low,
+        paired_difference(ours, theirs, seed=8).high,
+    )
+    assert first.low <= first.mean <= first.high
+
+
+def test_verdicts() -> None:
+    base = np.linspace(0.2, 0.8, 30)
+    gain = np.linspace(0.03, 0.07, 30)
+    ahead = paired_difference(scores(base + gain), scores(base))
+    assert ahead.verdict == "ahead" and ahead.better == 30
+    assert ahead.mean == pytest.approx(0.05) and 0.03 < ahead.low < ahead.high < 0.07
+    assert paired_difference(scores(base), scores(base + gain)).verdict == "behind"
+    noise = np.random.default_rng(0).normal(0, 0.1, 30)
+    assert paired_difference(scores(base + noise), scores(base)).verdict == "level"
+    # distances: lower is better, so a smaller HD95 is 'ahead'
+    hd = paired_difference(scores(base), scores(base + gain), higher_is_better=False)
+    assert hd.verdict == "ahead" and hd.better == 30
+
+
+def test_patients_missing_or_undefined_on_either_side_are_left_out() -> None:
+    ours = {"a": 0.5, "b": math.nan, "c": 0.7, "d": 0.9}
+    theirs = {"a": 0.4, "b": 0.6, "c": 0.6}
+    result = paired_difference(ours, theirs)
+    assert result.n == 2 and result.mean == pytest.approx(0.1)
+    single = paired_difference({"a": 1.0}, {"a": 0.0})
+    assert single.verdict == "too few patients" and math.isnan(single.low)
