@@ -18,6 +18,9 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
     assert head["params"] - baseline["params"] == 4 * (13 * 16 + 2 * 4)  # 4 stages, Nc = 4
     assert 0 < baseline["gmac"] < head["gmac"] < baseline["gmac"] + 0.05
     assert all(0 <= r["foreground_dice"] <= 1 and r["latency_ms"] > 0 for r in rows)
+    assert [r["group"] for r in rows] == ["WT", "WT"]  # BraTS-like phantom: whole tumour
+    assert all(0 <= r["patient_dice"] <= 1 and r["patient_hd95"] >= 0 for r in rows)
+    assert baseline["vs_baseline"] == "" and head["vs_baseline"] == "too few patients"
     for path in result["figures"]:
         assert path.is_file() and path.stat().st_size > 5_000
     printed = capsys.readouterr().out

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,15 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
     tables = (out / "sweep.md").read_text()
     assert "| elunet+skip | 16 | 2 |" in tables and "±" in tables
     assert "NCR Dice | NCR Jaccard" in tables
+    # per patient: 4 patients over 2 folds, each validated once; the head paired with elunet
+    patients = list(csv.DictReader((out / "sweep_patients.csv").open()))
+    wt = [r for r in patients if r["group"] == "WT"]
+    assert [(r["method"], r["patients"]) for r in wt] == [("elunet", "4"), ("elunet+skip", "4")]
+    paired = list(csv.DictReader((out / "sweep_paired.csv").open()))
+    assert {(r["method"], r["against"], r["metric"]) for r in paired if r["group"] == "WT"} == {
+        ("elunet+skip", "elunet", m) for m in ("dice", "hd95", "nsd")
+    }
+    assert "### Paired against the same-size baseline" in tables
     for figure in result["figures"]:
         assert figure.is_file() and figure.stat().st_size > 5_000
     runs = sorted((out / "runs").iterdir())

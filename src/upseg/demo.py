@@ -25,6 +25,7 @@ from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.latency import end_to_end_latency_ms
+from upseg.metrics import paired_difference
 from upseg.plots import tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import figure, run_dataset
@@ -37,6 +38,10 @@ COLUMNS = (
     "output",
     "foreground_dice",
     "paper_jaccard",
+    "group",
+    "patient_dice",
+    "patient_hd95",
+    "vs_baseline",
     "params",
     "gmac",
     "latency_ms",
@@ -74,17 +79,38 @@ def _options(source: object) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     header = (
-        "| method | input | output | foreground Dice | paper-style Jaccard | params | "
+        "| method | input | output | foreground Dice (pooled) | paper-style Jaccard | "
+        "per-patient Dice | per-patient HD95 px | Dice vs baseline [95% CI] | params | "
         "GMac | latency ms (batch 1) |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['input']} | {r['output']} | {r['foreground_dice']:.4f} | "
-            f"{r['paper_jaccard']:.4f} | {r['params']:,} | {r['gmac']:.4f} | "
-            f"{r['latency_ms']:.1f} |"
+            f"{r['paper_jaccard']:.4f} | {r['group']} {r['patient_dice']:.4f} | "
+            f"{r['patient_hd95']:.1f} | {r['vs_baseline']} | {r['params']:,} | "
+            f"{r['gmac']:.4f} | {r['latency_ms']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def primary_group(groups: list[str]) -> str:
+    """The group a one-line summary shows: BraTS whole tumour, else the first class."""
+    return "WT" if "WT" in groups else groups[0]
+
+
+def versus(head: dict, baseline: dict, group: str) -> str:
+    """Per-patient Dice of `group`, head - baseline, in points, with its interval."""
+    result = paired_difference(
+        {p: s[group]["dice"] for p, s in head.items()},
+        {p: s[group]["dice"] for p, s in baseline.items()},
+    )
+    if result.verdict == "too few patients":
+        return "too few patients"
+    return (
+        f"{100 * result.mean:+.1f} [{100 * result.low:+.1f}, {100 * result.high:+.1f}] "
+        f"{result.verdict}"
+    )
 
 
 def run_demo(
@@ -117,9 +143,13 @@ def run_demo(
                 print(f"== {method_label(config)} at input {r} -> {store.size}")
             train_or_resume(config, progress)
             runs.append(Path(config.out))
+        patients = []
         for run in runs:
             model, config, _ = load_run(run, "last")
-            scores = score(model, run_dataset(config, store), store.class_names, batch_size)
+            dataset = run_dataset(config, store)
+            scores = score(model, dataset, store.class_names, batch_size, per_patient=True)
+            patients.append(scores["patients"])
+            group = primary_group(list(scores["patient_summary"]))
             channels = len(store.modalities)
             rows.append(
                 {
@@ -128,6 +158,12 @@ def run_demo(
                     "output": store.size,
                     "foreground_dice": scores["foreground_dice"],
                     "paper_jaccard": scores["paper_jaccard"],
+                    "group": group,
+                    "patient_dice": scores["patient_summary"][group]["dice"]["mean"],
+                    "patient_hd95": scores["patient_summary"][group]["hd95"]["mean"],
+                    "vs_baseline": ""
+                    if len(patients) == 1
+                    else versus(patients[1], patients[0], group),
                     "params": count_parameters(model),
                     "gmac": count_macs(model, (1, channels, r, r)) / 1e9,
                     "latency_ms": end_to_end_latency_ms(model, channels, store.size)["median_ms"],

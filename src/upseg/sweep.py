@@ -34,6 +34,8 @@ from upseg.models import (
     method_name,
     resolve_head_init,
 )
+from upseg.patient_report import markdown as patient_markdown
+from upseg.patient_report import paired_rows, summary_rows
 from upseg.plots import curves_plot, tradeoff_plot
 from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
@@ -217,8 +219,8 @@ def _run_job(config: TrainConfig, deadline: float | None, threads: int | None) -
             return None
         status = train_or_resume(config, progress=False)
         evaluation = run / "evaluation" / "last_val.json"
-        if not evaluation.is_file():
-            evaluate_run(
+        if not (evaluation.is_file() and (run / "evaluation" / "last_val_summary.json").is_file()):
+            evaluate_run(  # also re-scores runs evaluated before per-patient scores existed
                 run, progress=False, device=resolve_device(config.device), store=config.store
             )
         log = read_metrics(run / "metrics.jsonl")
@@ -296,6 +298,12 @@ def _report(
     write_csv(out / "sweep.csv", [{k: v for k, v in row.items() if k != "curve"} for row in rows])
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
+    patient_summary, paired = summary_rows(results), paired_rows(results)
+    if patient_summary:
+        write_csv(out / "sweep_patients.csv", patient_summary)
+        tables += "\n" + patient_markdown(patient_summary, paired)
+    if paired:
+        write_csv(out / "sweep_paired.csv", paired)
     if len(results) < planned or failed:
         tables += f"\n{len(results)} of {planned} planned runs are in these tables"
         tables += "; run the same command again to finish the others.\n" if not failed else ".\n"
