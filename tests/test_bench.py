@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.helpers import run_cli, tiny_phantom_run
-from upseg.deploy import bench
+from upseg.deploy import bench, bench_runtimes
 from upseg.deploy.bench_report import BENCH_FILES, bench_table, write_bench
 from upseg.deploy.export import export_onnx
 from upseg.deploy.labels import add_label_output
@@ -83,7 +83,9 @@ def test_outputs_follow_the_mode(result: dict) -> None:
 
 
 def test_skipped_runtime_has_a_reason(monkeypatch) -> None:
-    monkeypatch.setattr(bench, "cpu_bf16_support", lambda: (False, "no bf16 on this test CPU"))
+    monkeypatch.setattr(
+        bench_runtimes, "cpu_bf16_support", lambda: (False, "no bf16 on this test CPU")
+    )
     result = bench.run_bench(
         ["elunet", "elunet+skip"],
         resolutions=[32],
@@ -153,7 +155,8 @@ def test_cli_runs_end_to_end(tmp_path: Path) -> None:
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "| elunet+plain | ort-fp32 | 16 → 64 | 2 |" in result.stdout
-    assert "Conv peak (PyTorch fp32, 2 x 8 -> 8 x 16 x 16, 3x3)" in result.stdout
+    assert "Ceiling (best of large fp32 kernels, median call)" in result.stdout
+    assert "candidates: torch conv " in result.stdout and "onnxruntime conv " in result.stdout
     saved = json.loads((out / "bench.json").read_text())
     assert saved["settings"]["command"].startswith("upseg bench --methods elunet+plain")
     assert len(saved["rows"]) == 2 * 2 * 2  # runtimes x modes x batches
@@ -268,3 +271,40 @@ def test_an_out_that_is_a_file_is_refused_before_timing(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --out {out}: is a file, not a folder"
     assert out.read_text() == "keep"
+
+
+def test_cases_over_the_memory_budget_are_skipped_with_the_reason() -> None:
+    settings = {**TINY, "max_memory": 3_000_000}  # 3 MB: the baseline fits, the head does not
+    result = bench.run_bench(
+        ["elunet", "elunet+plain"],
+        resolutions=[16],
+        runtimes=["torch-fp32"],
+        batches=[1],
+        **settings,
+    )
+    measured = {(r["method"], r["mode"]) for r in result["rows"]}
+    memory_skips = [s for s in result["skipped"] if "budget" in s["reason"]]
+    assert memory_skips and all("--max-memory" in s["reason"] for s in memory_skips)
+    assert {s["method"] for s in memory_skips} <= {"elunet", "elunet+plain"}
+    assert len(measured) + len(memory_skips) == 4
+    for row in result["rows"]:
+        assert 0 < row["memory_estimate_mb"] <= 3
+    with pytest.raises(ValueError, match="max-memory"):
+        bench.run_bench(["elunet"], **{**TINY, "max_memory": 0})
+
+
+def test_case_memory_grows_with_batch_and_output() -> None:
+    model = build("elunet", 2, 3, 16, 64, head="plain", base_width=4).eval()
+    entry = bench.BenchModel("elunet+plain", model, 64, 1, activation_bytes=1000, classes=3)
+    one, eight = bench.case_memory(entry, "forward", 1), bench.case_memory(entry, "forward", 8)
+    assert eight - one == 7 * (1000 + 4 * 2 * 16 * 16)
+    assert bench.case_memory(entry, "e2e", 1) - one == 64 * 64 * (4 * 3 + 8)
+
+
+def test_ceiling_and_resident_memory_are_recorded(result: dict) -> None:
+    peak = result["conv_peak"]
+    engines = [c["engine"] for c in peak["candidates"]]
+    assert engines[:2] == ["torch conv", "torch GEMM"] and "onnxruntime conv" in engines
+    assert peak["gflops"] == max(c["gflops"] for c in peak["candidates"])
+    assert all(r["rss_peak_mb"] is None or r["rss_peak_mb"] > 10 for r in result["rows"])
+    assert "peak RSS MB" in bench_table(result)

@@ -162,3 +162,50 @@ def test_export_cli(tmp_path: Path) -> None:
     assert "image [None, 2, 16, 16] -> logits [None, 3, 64, 64]" in result.stdout
     missing = run_cli("export", "--out", str(tmp_path / "x.onnx"))
     assert missing.returncode == 2 and "give a RUN directory" in missing.stderr
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_export_of_a_features_head(fold: bool, tmp_path: Path) -> None:
+    """The head reads ELU-Net's last decoder features (C_f = 4 at base width 4): folded, one
+    conv per region reads those 4 channels; the label graph on top needs nothing else."""
+    import onnx
+
+    from upseg.deploy.labels import add_label_output
+
+    model = build("elunet", 3, 2, 16, 64, head_input="features", base_width=4)
+    with torch.no_grad():
+        for p in model.head.parameters():  # away from the start, which equals the logits head
+            p.add_(0.1 * torch.randn_like(p))
+    result = export_onnx(model, tmp_path / "m.onnx", fold=fold)
+    assert result["max_abs_diff"] < 1e-4 and result["output"] == [None, 2, 64, 64]
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    regions = [i for i in graph.initializer if i.name.startswith("head.weight_")]
+    assert [tuple(i.dims) for i in regions] == ([(2 * 16, 4, 3, 3)] * 9 if fold else [])
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected, atol=1e-4)
+    labels = add_label_output(tmp_path / "m.onnx", tmp_path / "labels.onnx", 64)
+    session = ort.InferenceSession(str(labels), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x.numpy()})[0]
+    margin = expected.topk(2, dim=1).values.diff(dim=1).abs().squeeze(1)
+    sure = margin > 1e-3  # pixels whose two best classes are not within rounding
+    assert np.array_equal(got[sure.numpy()], expected.argmax(1)[sure].numpy())
+
+
+def test_bundle_flags_are_checked_before_any_work(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cases = [
+        (["export", "--bundle", str(tmp_path / "b"), "--backbone", "elunet"], "needs a RUN"),
+        (["export", str(run)], "give --out FILE (or --bundle DIR)"),
+        (["export", str(run), "--out", str(tmp_path / "m.onnx"), "--force"], "only applies"),
+        (
+            ["export", str(run), "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "m")],
+            "drop --out",
+        ),
+    ]
+    for argv, message in cases:
+        result = run_cli(*argv)
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
+    assert not (tmp_path / "b").exists()

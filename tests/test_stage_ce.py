@@ -147,6 +147,42 @@ def test_a_head_model_trains_the_same_with_and_without_the_kernel(kernel, monkey
         assert error <= 1e-4 * grad.abs().max(), name
 
 
+@pytest.mark.parametrize(("output_size", "through"), [(32, [True]), (64, [False, True])])
+def test_a_features_head_trains_the_same_with_and_without_the_kernel(
+    kernel, monkeypatch, output_size: int, through: list[bool]
+) -> None:
+    """Stage 1 of a features head reads C_f = 8 channels (ELU-Net at base width 8), not Nc:
+    with one stage the kernel takes the gradient through that wide conv into the features."""
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(3)
+        model = build("elunet", 2, 3, 16, output_size, head_input="features", base_width=8).train()
+        assert model.head.stages[0][0].in_channels == 8
+        for p in model.parameters():  # leave the start, where stage 1 copies the logit conv
+            p.data.add_(0.05 * torch.randn_like(p))
+        x = torch.randn(2, 2, 16, 16)
+        mask = torch.randint(0, 3, (2, output_size, output_size), dtype=torch.uint8)
+        loss = MultiScaleLoss(3)(model(x), mask)
+        loss.backward()
+        return loss, {n: p.grad for n, p in model.named_parameters()}
+
+    calls = []
+    original = stage_ce.stage_cross_entropy
+    monkeypatch.setattr(
+        stage_ce,
+        "stage_cross_entropy",
+        lambda *a, **k: calls.append((a[1].x.shape[1], k["through_conv"])) or original(*a, **k),
+    )
+    native_loss, native_grads = step()
+    assert [c[1] for c in calls] == through and calls[0][0] == 8  # stage 1 reads the features
+    monkeypatch.setattr(stage_ce, "usable", lambda *a: False)
+    torch_loss, torch_grads = step()
+    torch.testing.assert_close(native_loss, torch_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in torch_grads.items():
+        error = (native_grads[name] - grad).abs().max()
+        assert error <= 1e-4 * grad.abs().max(), name
+
+
 def test_without_a_compiler_the_kernel_is_skipped_and_training_goes_on(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("UPSEG_CACHE", str(tmp_path / "cache"))

@@ -576,3 +576,68 @@ def test_an_append_cut_short_is_repaired_on_resume(store: Path, tmp_path: Path) 
     result = cli("train", "--resume", str(run), "--quiet")
     assert result.returncode == 0, result.stderr
     assert metrics_file.read_text().splitlines() == lines
+
+
+def test_a_features_head_trains_from_the_cli_and_loads_back(store: Path, tmp_path: Path) -> None:
+    from upseg.train import load_run, method_label, run_state
+
+    run = tmp_path / "run"
+    result = cli(
+        "train",
+        "--store",
+        str(store),
+        "--out",
+        str(run),
+        "--head-input",
+        "features",
+        "--backbone-kwargs",
+        '{"base_width": 4}',
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "3",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["head_input"] == "features" and saved["head"] == "plain"
+    assert 0 <= metrics(run)[-1]["val"]["paper_jaccard"] <= 1
+    model, loaded, _ = load_run(run, "last")
+    assert model.head_input == "features" and model.head.in_channels == 4  # ELU-Net's C_f
+    assert method_label(loaded) == "elunet+plain@features"
+    short = {"epochs": 1, "max_steps_per_epoch": 3}
+    assert run_state(config(store, run, head_input="features", **short)) == "finished"
+    with pytest.raises(TrainingError, match=r"other settings \(head_input\)"):
+        run_state(config(store, run, **short))
+
+
+def test_runs_saved_before_head_input_read_their_logits(store: Path, tmp_path: Path) -> None:
+    from upseg.train import load_run, run_state
+
+    run = tmp_path / "run"
+    short = {"epochs": 1, "max_steps_per_epoch": 2}
+    train(config(store, run, **short), progress=False)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["head_input"] == "logits"
+    del saved["head_input"]  # as written before the setting existed
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert run_state(config(store, run, **short)) == "finished"
+    with pytest.raises(TrainingError, match=r"other settings \(head_input\)"):
+        run_state(config(store, run, head_input="features", **short))
+    model, _, _ = load_run(run, "last")
+    assert model.head_input == "logits" and model.logit_conv is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"head": "skip", "head_input": "features"}, "needs the plain head"),
+        ({"head": "none", "head_input": "features"}, "needs the plain head"),
+        ({"head_input": "pixels"}, "unknown head_input 'pixels'"),
+    ],
+)
+def test_bad_head_inputs_are_refused(settings: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(store="s", out=str(tmp_path / "o"), **settings)

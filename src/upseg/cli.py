@@ -12,7 +12,7 @@ from pathlib import Path
 from upseg.deploy.bench import DEFAULT_RUNTIMES, RUNTIMES
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json
-from upseg.models import HEAD_INITS, list_backbones
+from upseg.models import HEAD_INITS, HEAD_INPUTS, list_backbones
 from upseg.schedule import SCHEDULES
 
 HEAD_CHOICES = ("none", "plain", "skip")
@@ -51,7 +51,7 @@ def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
     rows = []
     for run in args.runs:
         model, config, _ = load_run(run, args.checkpoint)
-        method = method_name(config.backbone, config.head, config.head_init)
+        method = method_name(config.backbone, config.head, config.head_init, config.head_input)
         row = profile_model(
             model,
             method,
@@ -261,6 +261,7 @@ TRAIN_FLAGS = (
     "backbone",
     "head",
     "head_init",
+    "head_input",
     "input_size",
     "output_size",
     "loss",
@@ -432,6 +433,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from upseg.deploy.outputs import check_output_file
     from upseg.models import build
 
+    if args.bundle is not None:
+        return _export_bundle(args)
+    if args.out is None:
+        args.parser.error("give --out FILE (or --bundle DIR)")
+    if args.force:
+        args.parser.error("--force only applies with --bundle")
     _model_flags(args, EXPORT_MODEL_FLAGS, "a RUN directory" if args.run is not None else "")
     int8_only = {
         "--calibration-slices": args.calibration_slices is not None,
@@ -463,6 +470,39 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     result = export_onnx(model, args.out, tolerance=args.tolerance)
     _print_export(result)
+    return 0
+
+
+def _export_bundle(args: argparse.Namespace) -> int:
+    from upseg.deploy.bundle import write_bundle
+
+    if args.run is None:
+        args.parser.error("--bundle needs a RUN directory")
+    _model_flags(args, EXPORT_MODEL_FLAGS, "a RUN directory")
+    clashes = {
+        "--out": args.out is not None,
+        "--int8": args.int8,
+        "--calibration-slices": args.calibration_slices is not None,
+        "--max-dice-drop": args.max_dice_drop is not None,
+        "--force-int8": args.force_int8,
+        "--per-tensor": args.per_tensor,
+    }
+    given = [flag for flag, present in clashes.items() if present]
+    if given:
+        args.parser.error(f"--bundle writes its own files; drop {' '.join(given)}")
+    files = write_bundle(
+        args.run, args.bundle, checkpoint=args.checkpoint, force=args.force,
+        tolerance=args.tolerance,
+    )  # fmt: skip
+    print(f"wrote MONAI bundle {args.bundle} ({args.checkpoint} weights):")
+    for path in files:
+        print(f"  {path.relative_to(args.bundle)}")
+    configs = args.bundle / "configs"
+    print(
+        f"segment with: python -m monai.bundle run --config_file {configs / 'inference.json'} "
+        f"--meta_file {configs / 'metadata.json'} --bundle_root {args.bundle} "
+        "--input CASE_OR_FILE --output_dir masks"
+    )
     return 0
 
 
@@ -628,17 +668,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.resolutions,
         args.runtimes,
         args.batches,
-        args.output_size,
-        args.in_channels,
-        args.classes,
-        args.threads,
-        args.device,
-        args.warmup,
-        args.repeats,
-        args.rounds,
-        tuple(args.peak_shape),
-        args.backbone_kwargs,
-        args.checkpoint,
+        output_size=args.output_size,
+        in_channels=args.in_channels,
+        num_classes=args.classes,
+        threads=args.threads,
+        device=args.device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        peak_shape=tuple(args.peak_shape),
+        backbone_kwargs=args.backbone_kwargs,
+        checkpoint=args.checkpoint,
+        max_memory=None if args.max_memory is None else int(args.max_memory * 1e9),
         progress=not args.quiet,
     )
     result["settings"]["command"] = "upseg " + " ".join(args.argv)
@@ -711,6 +752,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         choices=HEAD_INITS,
         help="upsample: stages start as nearest up-sampling (default); pytorch: PyTorch's "
         "layer initialisation, as in the paper",
+    )
+    parser.add_argument(
+        "--head-input",
+        choices=HEAD_INPUTS,
+        help="what the head's first stage reads: the backbone's logits (default) or the "
+        "features that feed its final 1x1 conv (plain head only)",
     )
     parser.add_argument("--input-size", type=int, help="input resolution r (default 16)")
     parser.add_argument("--output-size", type=int, help="output resolution R (default: store)")
@@ -967,7 +1014,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="METHOD",
-        help="backbone[+plain|+skip[:pytorch]], e.g. elunet elunet+plain elunet+plain:pytorch",
+        help="backbone[+HEAD[@features][:INIT]] (@features: plain head only), e.g. elunet "
+        "elunet+plain elunet+plain:pytorch elunet+plain@features",
     )
     sweep.add_argument("--resolutions", type=int, nargs="+", required=True, metavar="R")
     sweep.add_argument(
@@ -1012,7 +1060,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("run", type=Path, nargs="?", help="run directory (or use --backbone)")
-    export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--out", type=Path, help="ONNX file to write (or use --bundle)")
+    export.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="write RUN as a MONAI bundle folder instead: configs/{metadata,inference}.json, "
+        "models/model.pt + model.onnx, docs/README.md (a model card); "
+        "`python -m monai.bundle run` then segments NIfTI files with it",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="with --bundle: replace a non-empty DIR"
+    )
     export.add_argument("--checkpoint", choices=("last", "best"), default="last")
     fresh = export.add_argument_group(
         "fresh model", "a model with random weights instead of a RUN (not with a RUN)"
@@ -1164,7 +1223,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUNTIME",
         help=f"from: {', '.join(sorted(RUNTIMES))} (default: all)",
     )
-    bench.add_argument("--batches", type=int, nargs="+", default=[1, 32], metavar="B")
+    bench.add_argument("--batches", type=int, nargs="+", default=[1, 8], metavar="B")
     bench.add_argument("--output-size", type=int, default=256, help="R (default 256)")
     bench.add_argument("--in-channels", type=int, default=4)
     bench.add_argument("--classes", type=int, default=4)
@@ -1172,16 +1231,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="intra-op threads, at least 1 (default: all cores)"
     )
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed calls per case")
-    bench.add_argument("--repeats", type=int, default=30, help="timed calls per case")
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed calls per case")
+    bench.add_argument("--repeats", type=int, default=20, help="timed calls per case")
+    bench.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    bench.add_argument(
+        "--max-memory",
+        type=float,
+        metavar="GB",
+        help="memory budget: cases whose estimate does not fit are skipped with the reason "
+        "(default 80%% of the memory available at the start)",
+    )
     bench.add_argument(
         "--peak-shape",
         type=int,
         nargs=3,
-        default=[32, 64, 128],
+        default=[16, 64, 128],
         metavar=("BATCH", "CHANNELS", "SIZE"),
-        help="the 3x3 conv that measures the peak (default 32 64 128)",
+        help="the 3x3 conv that, in PyTorch and onnxruntime beside a 1024^3 GEMM, measures "
+        "the ceiling (default 16 64 128)",
     )
     bench.add_argument("--backbone-kwargs", type=_json_dict, metavar="JSON")
     bench.add_argument("--checkpoint", choices=("last", "best"), default="last")

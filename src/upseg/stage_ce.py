@@ -10,6 +10,8 @@ PyTorch makes about a dozen passes over 33 MB tensors at R = 256, batch 32. The 
     nothing else reads (the finest);
   - `through_conv=False` writes the gradient of W once, for the conv's own backward pass to
     take together with the gradient from the next stage.
+The stage input may have any number of channels: Nc, 2 Nc (the skip head's concat stages) or
+C_f (stage 1 of a features head, the only and so the finest stage when m = 1).
 The batch is split between torch's intra-op threads (OpenMP; one thread where the compiler
 has none). Values match the PyTorch path to float32 rounding (tests/test_stage_ce.py); where
 the kernel cannot be built, callers keep the PyTorch path.

@@ -1,11 +1,13 @@
 """`upseg sweep`: methods x input sizes (x folds x seeds) -> the paper's tables and figures.
 
-A method is `backbone[+head[:init]]`: `elunet` (baseline), `elunet+plain`, `elunet+skip`
-(heads start as nearest up-sampling), `elunet+plain:pytorch` (PyTorch's initialisation, as
-in the paper), `unet`. Each run lives in OUT/runs/<name>; finished runs are skipped and
-interrupted ones resumed, so a sweep can span several sittings. Every run is scored with its
-last weights on its own validation patients (nothing is selected on the data that is
-reported); with --folds k the patients are split k ways and each run validates on one fold.
+A method is `backbone[+head[@input][:init]]`: `elunet` (baseline), `elunet+plain`,
+`elunet+skip` (heads start as nearest up-sampling), `elunet+plain:pytorch` (PyTorch's
+initialisation, as in the paper), `elunet+plain@features` (the head reads the backbone's
+features, not its logits; with an init: `elunet+plain@features:bilinear`), `unet`. Each run
+lives in OUT/runs/<name>; finished runs are skipped and interrupted ones resumed, so a sweep
+can span several sittings. Every run is scored with its last weights on its own validation
+patients (nothing is selected on the data that is reported); with --folds k the patients are
+split k ways and each run validates on one fold.
 Tables report mean and standard deviation over folds and seeds.
 """
 
@@ -29,7 +31,9 @@ from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import (
     DEFAULT_HEAD_INIT,
+    DEFAULT_HEAD_INPUT,
     HEAD_INITS,
+    HEAD_INPUTS,
     get_backbone_spec,
     method_name,
     resolve_head_init,
@@ -55,23 +59,31 @@ class Method:
     backbone: str
     head: str = "none"
     init: str = DEFAULT_HEAD_INIT
+    input: str = DEFAULT_HEAD_INPUT  # what the head reads: logits | features
 
     @property
     def name(self) -> str:
-        return method_name(self.backbone, self.head, self.init)
+        return method_name(self.backbone, self.head, self.init, self.input)
 
 
 def parse_method(text: str) -> Method:
+    """`backbone[+head[@input][:init]]`; the inverse of Method.name. The part before ':' is the
+    architecture (what cost and latency depend on), the suffix only the initialisation."""
     backbone, _, rest = text.partition("+")
-    head, _, init = rest.partition(":")
+    rest, _, init = rest.partition(":")
+    head, at, source = rest.partition("@")
     get_backbone_spec(backbone)  # raises with the list of names
     head = head or "none"
     known = ("", *HEAD_INITS, "default") if head != "none" else ("",)  # default: former name
-    if head not in ("none", "plain", "skip") or init not in known:
+    inputs = HEAD_INPUTS if head == "plain" else ()
+    if head not in ("none", "plain", "skip") or init not in known or (at and source not in inputs):
         raise ValueError(
-            f"method {text!r} is not backbone[+plain|+skip[:pytorch]], e.g. elunet+plain:pytorch"
+            f"method {text!r} is not backbone[+plain|+skip[:pytorch]] or "
+            "backbone+plain@features[:pytorch], e.g. elunet+plain:pytorch"
         )
-    return Method(backbone, head, resolve_head_init(init or DEFAULT_HEAD_INIT))
+    return Method(
+        backbone, head, resolve_head_init(init or DEFAULT_HEAD_INIT), source or DEFAULT_HEAD_INPUT
+    )
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
@@ -196,6 +208,7 @@ def _config(
         backbone=method.backbone,
         head=method.head,
         head_init=method.init,
+        head_input=method.input,
         input_size=r,
         epochs=epochs,
         batch_size=batch_size,

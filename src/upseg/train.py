@@ -41,6 +41,8 @@ from upseg.io import write_text_atomic
 from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS, TARGET_RESIZES, MultiScaleLoss
 from upseg.models import (
     DEFAULT_HEAD_INIT,
+    DEFAULT_HEAD_INPUT,
+    HEAD_INPUTS,
     LowResSegmenter,
     build,
     method_name,
@@ -60,7 +62,8 @@ class TrainConfig:
     out: str
     backbone: str = "elunet"
     head: str = "plain"  # plain | skip | none
-    head_init: str = DEFAULT_HEAD_INIT  # upsample | pytorch
+    head_init: str = DEFAULT_HEAD_INIT  # upsample | bilinear | pytorch
+    head_input: str = DEFAULT_HEAD_INPUT  # logits | features (plain head only)
     input_size: int = 16
     output_size: int | None = None  # default: the store's size R
     backbone_kwargs: dict = field(default_factory=dict)
@@ -105,6 +108,12 @@ class TrainConfig:
         self.head_init = (
             DEFAULT_HEAD_INIT if self.head == "none" else resolve_head_init(self.head_init)
         )
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"unknown head_input {self.head_input!r}; choose one of {HEAD_INPUTS}")
+        if self.head_input != DEFAULT_HEAD_INPUT and self.head != "plain":
+            raise ValueError(
+                f"head_input {self.head_input!r} needs the plain head, not head {self.head!r}"
+            )
         for key, allowed in (
             ("optimizer", OPTIMIZERS),
             ("loss", BASE_LOSSES),
@@ -224,7 +233,7 @@ def split_patients(config: TrainConfig, store: SliceStore) -> tuple[list[str], l
 
 
 def method_label(config: TrainConfig) -> str:
-    return method_name(config.backbone, config.head, config.head_init)
+    return method_name(config.backbone, config.head, config.head_init, config.head_input)
 
 
 def parse_device(name: str) -> torch.device:
@@ -379,6 +388,7 @@ def model_for(
         config.output_size or size,
         head=None if config.head == "none" else config.head,
         head_init=config.head_init,
+        head_input=config.head_input,
         **config.backbone_kwargs,
     )
 

@@ -23,6 +23,8 @@ def first_layer(model: nn.Module) -> nn.Module:
 class BackboneTester:
     backbone: ClassVar[str]
     backbone_kwargs: ClassVar[dict] = {}
+    # options for tests where the width does not matter (default: backbone_kwargs)
+    narrow_kwargs: ClassVar[dict | None] = None
 
     def make(self, input_size: int, head: str | None) -> nn.Module:
         output_size = input_size * 2**STAGES if head else None
@@ -61,3 +63,44 @@ class BackboneTester:
         assert isinstance(out, torch.Tensor)
         assert out.shape == (BATCH, NUM_CLASSES, side, side)
         assert torch.isfinite(out).all()
+
+    @pytest.mark.parametrize("init", ["upsample", "bilinear"])
+    def test_features_head_starts_as_the_logits_head(self, init: str) -> None:
+        """The logit conv is found and split off, and stage 1 starts as that conv on every
+        sub-pixel: with the same backbone weights both models give the same outputs."""
+        size = 16
+        kwargs = self.backbone_kwargs if self.narrow_kwargs is None else self.narrow_kwargs
+        torch.manual_seed(0)
+        logits_model = build(
+            self.backbone, IN_CHANNELS, NUM_CLASSES, size, 8 * size, head_init=init, **kwargs
+        )
+        torch.manual_seed(0)
+        model = build(
+            self.backbone,
+            IN_CHANNELS,
+            NUM_CLASSES,
+            size,
+            8 * size,
+            head_init=init,
+            head_input="features",
+            **kwargs,
+        )
+        assert model.head_input == "features" and logits_model.head_input == "logits"
+        conv = model.logit_conv
+        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
+        assert model.head.stages[0][0].in_channels == conv.in_channels == model.head.in_channels
+        x = torch.randn(BATCH, IN_CHANNELS, size, size)
+        with torch.no_grad():
+            features = model.eval().backbone(x)
+            assert features.shape == (BATCH, conv.in_channels, size, size)
+            torch.testing.assert_close(conv(features), logits_model.eval().backbone(x))
+            torch.testing.assert_close(model(x), logits_model(x), rtol=1e-5, atol=1e-5)
+        outputs, expected = model.train()(x), logits_model.train()(x)
+        assert len(outputs) == len(expected) == STAGES + 1
+        for got, want in zip(outputs, expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # Y0 (the logits at r) trains the logit conv, the finest output trains stage 1
+        sum(o.square().mean() for o in outputs).backward()
+        assert conv.weight.grad.abs().sum() > 0
+        assert model.head.stages[0][0].weight.grad.abs().sum() > 0
+        assert first_layer(model.backbone).weight.grad.abs().sum() > 0

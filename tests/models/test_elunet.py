@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import pytest
 
 from tests.models.backbone_tester import BackboneTester
@@ -7,6 +9,7 @@ from upseg.profile import count_macs, count_parameters
 
 class TestELUNet(BackboneTester):
     backbone = "elunet"
+    narrow_kwargs: ClassVar[dict | None] = {"base_width": 8}
 
 
 @pytest.mark.parametrize(("size", "gmac"), [(16, 0.045), (32, 0.18), (256, 11.5)])

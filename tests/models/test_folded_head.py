@@ -115,3 +115,46 @@ def test_export_without_folding_keeps_the_stages(tmp_path) -> None:
     assert report["max_abs_diff"] <= 1e-4
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert "DepthToSpace" not in ops
+
+
+def _random_features_head(num_classes: int, num_stages: int, width: int) -> UpscalingHead:
+    conv = torch.nn.Conv2d(width, num_classes, 1)
+    head = UpscalingHead(num_classes, num_stages, init="bilinear", logit_conv=conv).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return head
+
+
+@pytest.mark.parametrize(("num_classes", "num_stages", "width"), [(1, 1, 3), (2, 3, 8), (4, 2, 5)])
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (3, 5), (16, 16)])
+def test_folded_features_head_equals_the_stages(num_classes, num_stages, width, size) -> None:
+    """The folded conv of a features head reads the C_f feature channels."""
+    head = _random_features_head(num_classes, num_stages, width)
+    folded = fold_head(head)
+    scale = 2**num_stages
+    assert folded.in_channels == width
+    assert folded.weight.shape == (4, 4, num_classes * scale * scale, width, 3, 3)
+    features, logits = torch.randn(2, width, *size), torch.randn(2, num_classes, *size)
+    with torch.no_grad():
+        expected, got = head(features, logits), folded(features, logits)
+    assert len(got) == 2 and got[0] is logits
+    assert got[1].shape == expected[-1].shape == (2, num_classes, size[0] * scale, size[1] * scale)
+    atol = 1e-5 * expected[-1].abs().max()
+    torch.testing.assert_close(got[1], expected[-1], rtol=1e-5, atol=atol)
+
+
+def test_fold_model_of_a_features_model_matches_it() -> None:
+    model = build("elunet", 3, 2, 16, 128, head_input="features", base_width=4).eval()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    folded = fold_model(model)
+    assert isinstance(folded.head, FoldedHead) and folded.head.in_channels == 4
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+        stages = [o.shape for o in model.forward_all(x)]
+        ends = folded.forward_all(x)
+    assert [o.shape for o in ends] == [stages[0], stages[-1]]
+    torch.testing.assert_close(ends[0], model.forward_all(x)[0])  # the logits at r

@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import pytest
 
 from tests.models.backbone_tester import BackboneTester
@@ -7,6 +9,7 @@ from upseg.profile import count_macs, count_parameters
 
 class TestUNet(BackboneTester):
     backbone = "unet"
+    narrow_kwargs: ClassVar[dict | None] = {"base_width": 8}
 
 
 def test_unet_counts_at_320() -> None:

@@ -5,415 +5,80 @@ Two modes, measured side by side for every case:
     backbone + head for a head model);
   - "e2e" (end to end): image at r in, label mask at R out, what a user gets: a baseline adds
     the bilinear stretch to R and argmax, a head model adds argmax.
+Runtimes are in upseg.deploy.bench_runtimes. Inputs are random and made once per case
+outside the timed region; outputs are what the runtime returns. On CUDA every timed call
+ends with torch.cuda.synchronize().
 
-Runtimes (RUNTIMES; `register_runtime` adds one):
-  - torch-fp32: PyTorch eager, inference mode;
-  - torch-bf16: the same under torch.autocast(bfloat16), only where the device computes bf16
-    natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16); elsewhere skipped with the
-    reason, since emulated bf16 measures the emulation;
-  - ort-fp32: onnxruntime on a file written by upseg.deploy.export.export_onnx (checked against
-    PyTorch). End to end, the resize and argmax are nodes inside the ONNX graph
-    (upseg.deploy.labels), so one session.run goes from image to labels; that graph is
-    checked against PyTorch's labels too. A head runs folded (upseg.models.folded_head);
-  - ort-int8: the static int8 QDQ model of `upseg export --int8` (same weight settings),
-    calibrated on random inputs, since only its speed is measured here; its end-to-end graph
-    is checked against its own logits.
-Inputs are random and made once per case outside the timed region; outputs are what the
-runtime returns (torch tensors on the device, numpy arrays from onnxruntime). On CUDA every
-timed call ends with torch.cuda.synchronize(); onnxruntime runs there only with its CUDA
-provider, with numpy input and output (host copies included).
+Groups. Cases run in groups of one batch size and one input size (every method x runtime x
+mode at that size): a group's cases are prepared, warmed up and timed interleaved in
+`rounds` rounds (each round: one untimed call, so a thread pool left spinning by the
+previous case does not count, then its share of `repeats` timed calls), which spreads the
+drift of a shared machine over the cases that are compared; then the group's sessions are
+released, so memory holds one group at a time.
 
-Timing: torch and onnxruntime use `threads` intra-op threads. Every case is warmed up, then
-all cases of one batch size run interleaved in `rounds` rounds (each round: one untimed
-call, so a thread pool left spinning by the previous case does not count, then its share of
-`repeats` timed calls), which spreads the drift of a shared machine over all cases alike.
-Latency = median and 90th percentile of the per-call times; throughput = batch / median.
+Memory. Before a group, each case's need is estimated (weights twice, batch x the model's
+activation bytes, input, and end to end the logits at R and the labels) and cases are
+admitted while the group's sum fits the budget (`max_memory` bytes, by default 80% of the
+memory available when the bench starts); the others are skipped with the reason. Each case
+records the process's peak resident set over its set-up and warm-up (Linux VmHWM, reset
+before the case), which includes the earlier cases of its group still held.
 
 Achieved GFLOP/s = 2 x MACs per image (upseg.profile.count_macs: the published layers, also
 for a folded head; resize and argmax count nothing) x batch / median time, shown against the
-machine's conv peak: the GFLOP/s (median call) of one large 3x3 convolution in PyTorch fp32
-with the same threads, measured before and after the cases, the better of the two. Rows also
-keep the fastest call (min_ms), a hint of what an unshared machine would show.
+machine's measured ceiling (upseg.deploy.machine.compute_ceiling: the best of a large conv in
+PyTorch and in onnxruntime and a large GEMM, with the same threads). Rows also keep the
+fastest call (min_ms), a hint of what an unshared machine would show.
 """
 
 from __future__ import annotations
 
+import gc
 import math
-import os
-import platform
-import statistics
 import tempfile
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from upseg.deploy.bench_runtimes import (
+    DEFAULT_RUNTIMES,
+    MODES,
+    RUNTIMES,
+    BenchContext,
+    BenchModel,
+    Runner,
+    Runtime,
+    register_runtime,
+)
+from upseg.deploy.machine import (
+    available_memory,
+    compute_ceiling,
+    default_threads,
+    load_average,
+    machine_info,
+    peak_rss,
+    reset_peak_rss,
+    synchronizer,
+    timed_ms,
+)
 from upseg.models import LowResSegmenter
-from upseg.resize import stretch_logits
 
-MODES = ("forward", "e2e")
 MODE_TITLES = {"forward": "forward", "e2e": "end-to-end"}
-DEFAULT_RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8")
-LABEL_MISMATCH_TOLERANCE = 1e-3  # fraction of pixels whose ONNX label may differ (near ties)
-
-
-@dataclass
-class BenchModel:
-    """One model to time: `model` is on the CPU in eval mode, `macs` per image at its input."""
-
-    name: str
-    model: LowResSegmenter
-    output_size: int
-    macs: int
-
-    @property
-    def input_size(self) -> int:
-        return self.model.input_size
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.model.in_channels)
-
-
-@dataclass
-class BenchContext:
-    device: str
-    threads: int
-    workdir: Path
-    cache: dict = field(default_factory=dict)  # per runtime: exported files, sessions, models
-
-
-Runner = Callable[[], object]
-
-
-class Runtime(ABC):
-    """How one runtime runs a model."""
-
-    name = ""
-
-    @abstractmethod
-    def unavailable(self, device: str) -> str | None:
-        """None when this runtime can run on `device`, else the reason it cannot."""
-
-    @abstractmethod
-    def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
-        """A call that runs one batch of `batch` images in `mode` (inputs made once here)."""
-
-
-def cpu_bf16_support() -> tuple[bool, str]:
-    """Whether this CPU computes bf16 natively, and the evidence (flags or capability)."""
-    checks = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
-    found = [flag for flag, fn in checks.items() if getattr(torch.cpu, fn, lambda: False)()]
-    if not found and Path("/proc/cpuinfo").is_file():
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-        found = [flag for flag in checks if flag in flags]
-    capability = torch.backends.cpu.get_cpu_capability()
-    if found:
-        return True, f"CPU has {' and '.join(found)} (torch capability {capability})"
-    return False, (
-        f"this CPU has no native bf16 (no avx512_bf16 or amx_bf16; torch capability "
-        f"{capability}); autocast would time an emulation"
-    )
-
-
-class TorchRuntime(Runtime):
-    def __init__(self, name: str, dtype: torch.dtype | None = None) -> None:
-        self.name = name
-        self.dtype = dtype
-
-    def unavailable(self, device: str) -> str | None:
-        if self.dtype != torch.bfloat16:
-            return None
-        if device.startswith("cuda"):
-            return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
-        supported, reason = cpu_bf16_support()
-        return None if supported else reason
-
-    def _device_model(self, entry: BenchModel, ctx: BenchContext) -> LowResSegmenter:
-        key = ("torch", id(entry.model))
-        if key not in ctx.cache:
-            model = entry.model
-            ctx.cache[key] = model if ctx.device == "cpu" else _copy_to(model, ctx.device)
-        return ctx.cache[key]
-
-    def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
-        model = self._device_model(entry, ctx)
-        x = torch.randn(batch, entry.in_channels, entry.input_size, entry.input_size)
-        x = x.to(ctx.device)
-        device_type = "cuda" if ctx.device.startswith("cuda") else "cpu"
-        dtype, output_size = self.dtype, entry.output_size
-
-        def run() -> torch.Tensor:
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
-                ),
-            ):
-                logits = model(x)
-                if mode == "forward":
-                    return logits
-                return stretch_logits(logits, output_size).argmax(1)
-
-        return run
-
-
-def _copy_to(model: LowResSegmenter, device: str) -> LowResSegmenter:
-    import copy
-
-    return copy.deepcopy(model).to(device).eval()
-
-
-class OrtRuntime(Runtime):
-    """onnxruntime fp32. A later precision (int8) overrides `model_file` to transform the
-    exported forward graph and reuses the rest."""
-
-    name = "ort-fp32"
-
-    def _provider(self, device: str) -> str:
-        return "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
-
-    def unavailable(self, device: str) -> str | None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return "onnxruntime is not installed"
-        provider = self._provider(device)
-        if provider not in ort.get_available_providers():
-            return f"onnxruntime has no {provider} here (for CUDA install onnxruntime-gpu)"
-        return None
-
-    def forward_file(self, entry: BenchModel, ctx: BenchContext) -> Path:
-        """The exported fp32 logits graph of `entry`, written once per bench."""
-        from upseg.deploy.export import export_onnx
-
-        key = ("onnx-forward", id(entry.model))
-        if key not in ctx.cache:
-            path = ctx.workdir / f"{len(ctx.cache)}-forward.onnx"
-            export_onnx(entry.model, path)
-            ctx.cache[key] = path
-        return ctx.cache[key]
-
-    def model_file(self, entry: BenchModel, mode: str, ctx: BenchContext) -> Path:
-        """The ONNX file this runtime runs in `mode` (e2e: forward + resize + argmax)."""
-        from upseg.deploy.labels import add_label_output
-
-        forward = self.forward_file(entry, ctx)
-        if mode == "forward":
-            return forward
-        key = (self.name, "onnx-e2e", id(entry.model))
-        if key not in ctx.cache:
-            path = add_label_output(
-                forward, forward.with_name(f"{forward.stem}-e2e.onnx"), entry.output_size
-            )
-            ctx.cache[key] = path
-        return ctx.cache[key]
-
-    def session(self, entry: BenchModel, mode: str, ctx: BenchContext):
-        import onnxruntime as ort
-
-        key = (self.name, "session", mode, id(entry.model))
-        if key not in ctx.cache:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = ctx.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
-            path = self.model_file(entry, mode, ctx)
-            session = ort.InferenceSession(
-                str(path), options, providers=[self._provider(ctx.device)]
-            )
-            ctx.cache[key] = session
-            if mode == "e2e":
-                self.check_labels(session, entry, path, ctx)
-        return ctx.cache[key]
-
-    def check_labels(self, session, entry: BenchModel, path: Path, ctx: BenchContext) -> None:
-        """Fail unless the e2e graph gives PyTorch's labels."""
-        _check_labels(session, entry, path)
-
-    def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
-        session = self.session(entry, mode, ctx)
-        size = entry.input_size
-        x = np.random.default_rng(0).standard_normal((batch, entry.in_channels, size, size))
-        feed = {session.get_inputs()[0].name: x.astype(np.float32)}
-        return lambda: session.run(None, feed)
-
-
-def _check_labels(session, entry: BenchModel, path: Path, logits=None) -> None:
-    """The e2e graph must give the labels of its logits (by default PyTorch's) stretched to R,
-    up to near ties in a few pixels. `logits`: a function image -> logits to compare with."""
-    from upseg.deploy.export import ExportError
-
-    x = torch.randn(2, entry.in_channels, entry.input_size, entry.input_size)
-    with torch.inference_mode():
-        scores = entry.model(x) if logits is None else logits(x)
-        expected = stretch_logits(scores, entry.output_size).argmax(1).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    mismatch = float(np.mean(got != expected)) if got.shape == expected.shape else 1.0
-    if mismatch > LABEL_MISMATCH_TOLERANCE:
-        raise ExportError(
-            f"{path}: ONNX labels differ from those of its logits in {100 * mismatch:.2f}% of "
-            "pixels"
-        )
-
-
-class RandomCalibration:
-    """onnxruntime CalibrationDataReader of standard-normal images (B, C, r, r): the int8
-    ranges they set do not change the speed that the bench measures."""
-
-    def __init__(self, entry: BenchModel, batches: int = 4, batch: int = 8) -> None:
-        generator = np.random.default_rng(0)
-        shape = (batch, entry.in_channels, entry.input_size, entry.input_size)
-        self.batches = [generator.standard_normal(shape).astype(np.float32) for _ in range(batches)]
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return {"image": self.batches.pop()} if self.batches else None
-
-
-class OrtInt8Runtime(OrtRuntime):
-    """onnxruntime on the static int8 (QDQ) model that `upseg export --int8` writes, with the
-    same weight settings (upseg.deploy.quantize), calibrated on random inputs: speed only.
-    Its accuracy is what `export --int8` checks on a run's validation split."""
-
-    name = "ort-int8"
-
-    def unavailable(self, device: str) -> str | None:
-        if device.startswith("cuda"):
-            return "int8 QDQ models are benchmarked on the CPU provider only"
-        return super().unavailable(device)
-
-    def forward_file(self, entry: BenchModel, ctx: BenchContext) -> Path:
-        from upseg.deploy.quantize import quantize_onnx
-
-        key = (self.name, "onnx-forward", id(entry.model))
-        if key not in ctx.cache:
-            fp32 = super().forward_file(entry, ctx)
-            path = fp32.with_name(f"{fp32.stem}-int8.onnx")
-            quantize_onnx(fp32, path, RandomCalibration(entry))
-            ctx.cache[key] = path
-        return ctx.cache[key]
-
-    def check_labels(self, session, entry: BenchModel, path: Path, ctx: BenchContext) -> None:
-        forward = self.session(entry, "forward", ctx)
-        name = forward.get_inputs()[0].name
-
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(forward.run(None, {name: x.numpy()})[0])
-
-        _check_labels(session, entry, path, logits)
-
-
-RUNTIMES: dict[str, Runtime] = {}
-
-
-def register_runtime(runtime: Runtime) -> None:
-    if runtime.name in RUNTIMES:
-        raise ValueError(f"runtime {runtime.name!r} is already registered")
-    RUNTIMES[runtime.name] = runtime
-
-
-register_runtime(TorchRuntime("torch-fp32"))
-register_runtime(TorchRuntime("torch-bf16", torch.bfloat16))
-register_runtime(OrtRuntime())
-register_runtime(OrtInt8Runtime())
-
-
-def default_threads() -> int:
-    """All cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _synchronizer(device: str) -> Callable[[], None]:
-    if device.startswith("cuda"):
-        return torch.cuda.synchronize
-    return lambda: None
-
-
-def _timed_ms(run: Runner, sync: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    run()
-    sync()
-    return 1000 * (time.perf_counter() - start)
-
-
-def conv_peak(
-    device: str = "cpu",
-    batch: int = 32,
-    channels: int = 64,
-    size: int = 128,
-    warmup: int = 2,
-    repeats: int = 5,
-) -> dict[str, float]:
-    """GFLOP/s of one 3x3 convolution (batch, channels -> channels, size x size, padding 1)
-    in PyTorch fp32 with the current thread count: 2 x MACs / median time (and / the fastest
-    call, "gflops_best")."""
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(device).eval()
-    x = torch.randn(batch, channels, size, size, device=device)
-    sync = _synchronizer(device)
-
-    def run() -> torch.Tensor:
-        with torch.inference_mode():
-            return conv(x)
-
-    for _ in range(warmup):
-        run()
-    sync()
-    times = [_timed_ms(run, sync) for _ in range(repeats)]
-    median = statistics.median(times)
-    gflop = 2 * batch * channels * channels * 9 * size * size / 1e9
-    return {
-        "shape": f"{batch} x {channels} -> {channels} x {size} x {size}, 3x3",
-        "median_ms": median,
-        "gflops": gflop / (median / 1000),
-        "gflops_best": gflop / (min(times) / 1000),
-    }
-
-
-def _load_average() -> float | None:
-    """The 1-minute load average (other work sharing the cores), where the OS reports it."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def machine_info(device: str, threads: int) -> dict[str, object]:
-    """What the numbers were measured on."""
-    import onnxruntime as ort
-
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "cores_available": default_threads(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_bf16_support()[1],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "device": device,
-        "threads": threads,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+MEMORY_SHARE = 0.8  # of the memory available at the start, the default budget
+__all__ = [
+    "DEFAULT_RUNTIMES",
+    "MODES",
+    "RUNTIMES",
+    "BenchModel",
+    "Runtime",
+    "case_memory",
+    "default_threads",
+    "load_bench_models",
+    "register_runtime",
+    "run_bench",
+]
 
 
 def load_bench_models(
@@ -430,8 +95,15 @@ def load_bench_models(
     Returns the models and the skipped (method, input, reason) combinations."""
     from upseg.models import build, method_name
     from upseg.models.registry import make_backbone
-    from upseg.profile import count_macs
+    from upseg.profile import activation_mb, count_macs
     from upseg.sweep import parse_method
+
+    def entry(name: str, model: LowResSegmenter, output: int) -> BenchModel:
+        shape = (1, model.in_channels, model.input_size, model.input_size)
+        activations = int(activation_mb(model, shape) * 1e6)
+        with torch.inference_mode():
+            classes = int(model(torch.zeros(shape)).shape[1])
+        return BenchModel(name, model, output, count_macs(model, shape), activations, classes)
 
     entries, skipped = [], []
     for spec in methods:
@@ -439,10 +111,8 @@ def load_bench_models(
             from upseg.train import load_run
 
             model, config, _ = load_run(spec, checkpoint)
-            label = method_name(config.backbone, config.head, config.head_init)
-            name = f"{Path(spec).name} ({label})"
-            shape = (1, model.in_channels, model.input_size, model.input_size)
-            entries.append(BenchModel(name, model, model.output_size, count_macs(model, shape)))
+            label = method_name(config.backbone, config.head, config.head_init, config.head_input)
+            entries.append(entry(f"{Path(spec).name} ({label})", model, model.output_size))
             continue
         method = parse_method(str(spec))
         head = None if method.head == "none" else method.head
@@ -459,6 +129,7 @@ def load_bench_models(
                     output_size if head else None,
                     head=head,
                     head_init=method.init,
+                    head_input=method.input,
                     **(backbone_kwargs or {}),
                 ).eval()
             except ValueError as error:
@@ -466,9 +137,18 @@ def load_bench_models(
                     {"method": str(spec), "input": size, "runtime": "all", "reason": str(error)}
                 )
                 continue
-            macs = count_macs(model, (1, in_channels, size, size))
-            entries.append(BenchModel(str(spec), model, output_size, macs))
+            entries.append(entry(str(spec), model, output_size))
     return entries, skipped
+
+
+def case_memory(entry: BenchModel, mode: str, batch: int) -> int:
+    """Bytes one case may hold at once (see the module docstring)."""
+    weights = 2 * 4 * sum(p.numel() for p in entry.model.parameters())
+    image = batch * 4 * entry.in_channels * entry.input_size**2
+    out = 0
+    if mode == "e2e":  # logits stretched to R (float32) and labels (int64)
+        out = batch * entry.output_size**2 * (4 * entry.classes + 8)
+    return weights + batch * entry.activation_bytes + image + out
 
 
 def _summary(times: list[float], batch: int) -> dict[str, float]:
@@ -481,30 +161,7 @@ def _summary(times: list[float], batch: int) -> dict[str, float]:
     }
 
 
-def run_bench(
-    methods: Sequence[str | Path],
-    resolutions: Sequence[int] = (16, 32, 64),
-    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
-    batches: Sequence[int] = (1, 32),
-    output_size: int = 256,
-    in_channels: int = 4,
-    num_classes: int = 4,
-    threads: int | None = None,
-    device: str = "cpu",
-    warmup: int = 5,
-    repeats: int = 30,
-    rounds: int = 5,
-    peak_shape: tuple[int, int, int] = (32, 64, 128),
-    backbone_kwargs: dict | None = None,
-    checkpoint: str = "last",
-    progress: bool = True,
-) -> dict[str, object]:
-    """Time every model x resolution x runtime x batch in both modes.
-
-    Returns {"machine", "settings", "conv_peak", "rows", "skipped"}: one row per measured
-    (method, runtime, mode, input, batch) with median_ms, p90_ms, images_per_s, gflops and
-    pct_peak; `skipped` lists {method, input, runtime, reason} for what could not run.
-    """
+def _check_settings(runtimes, device, batches, repeats, rounds, warmup, threads, sizes) -> None:
     unknown = [name for name in runtimes if name not in RUNTIMES]
     if unknown:
         raise ValueError(f"unknown runtime(s) {unknown}; choose from {sorted(RUNTIMES)}")
@@ -516,41 +173,89 @@ def run_bench(
         raise ValueError("batches, repeats and rounds must be at least 1, warmup at least 0")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
-    if min(output_size, in_channels, num_classes) < 1:
+    if min(sizes["output_size"], sizes["in_channels"], sizes["num_classes"]) < 1:
         raise ValueError("--output-size, --in-channels and --classes must be at least 1")
-    if min(resolutions, default=1) < 1:
-        raise ValueError(f"--resolutions must be at least 1, got {min(resolutions)}")
-    if min(peak_shape) < 1:
-        raise ValueError(f"--peak-shape values must be at least 1, got {list(peak_shape)}")
+    if min(sizes["resolutions"], default=1) < 1:
+        raise ValueError(f"--resolutions must be at least 1, got {min(sizes['resolutions'])}")
+    if min(sizes["peak_shape"]) < 1:
+        raise ValueError(f"--peak-shape values must be at least 1, got {list(sizes['peak_shape'])}")
+    if sizes["max_memory"] is not None and not sizes["max_memory"] > 0:
+        raise ValueError(f"--max-memory must be above 0, got {sizes['max_memory']}")
+
+
+def run_bench(
+    methods: Sequence[str | Path],
+    resolutions: Sequence[int] = (16, 32, 64),
+    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+    batches: Sequence[int] = (1, 8),
+    *,
+    output_size: int = 256,
+    in_channels: int = 4,
+    num_classes: int = 4,
+    threads: int | None = None,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 20,
+    rounds: int = 4,
+    peak_shape: tuple[int, int, int] = (16, 64, 128),
+    backbone_kwargs: dict | None = None,
+    checkpoint: str = "last",
+    max_memory: int | None = None,
+    progress: bool = True,
+) -> dict[str, object]:
+    """Time every model x resolution x runtime x batch in both modes.
+
+    Returns {"machine", "settings", "conv_peak", "rows", "skipped"}: one row per measured
+    (method, runtime, mode, input, batch) with median_ms, p90_ms, images_per_s, gflops,
+    pct_peak, memory_estimate_mb and rss_peak_mb; `skipped` lists {method, input, runtime,
+    reason} for what could not run (or did not fit `max_memory` bytes).
+    """
+    sizes = {
+        "output_size": output_size,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "resolutions": resolutions,
+        "peak_shape": peak_shape,
+        "max_memory": max_memory,
+    }
+    _check_settings(runtimes, device, batches, repeats, rounds, warmup, threads, sizes)
     threads = threads or default_threads()
+    budget = max_memory or int(MEMORY_SHARE * available_memory())
     entries, skipped = load_bench_models(
         methods, resolutions, output_size, in_channels, num_classes, backbone_kwargs, checkpoint
     )
-    load_before = _load_average()
+    load_before = load_average()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        peak_before = conv_peak(device, *peak_shape)
+        peak_before = compute_ceiling(device, threads, peak_shape)
+        usable = []
+        for name in runtimes:
+            reason = RUNTIMES[name].unavailable(device)
+            if reason:
+                skipped.append({"method": "all", "input": "all", "runtime": name, "reason": reason})
+            else:
+                usable.append(RUNTIMES[name])
+        groups = [
+            (batch, [e for e in entries if e.input_size == size])
+            for batch in batches
+            for size in dict.fromkeys(e.input_size for e in entries)
+        ]
+        steps = sum(len(g) for _, g in groups) * len(usable) * len(MODES) * (rounds + 1)
+        bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
         rows = []
         with tempfile.TemporaryDirectory(prefix="upseg-bench-") as workdir:
             ctx = BenchContext(device, threads, Path(workdir))
-            usable = []
-            for name in runtimes:
-                reason = RUNTIMES[name].unavailable(device)
-                if reason:
-                    skipped.append(
-                        {"method": "all", "input": "all", "runtime": name, "reason": reason}
-                    )
-                else:
-                    usable.append(RUNTIMES[name])
-            for batch in batches:
-                rows += _bench_batch(
-                    entries, usable, batch, ctx, warmup, repeats, rounds, skipped, progress
-                )
-        peak_after = conv_peak(device, *peak_shape)
+            for batch, group in groups:
+                timing = Timing(warmup, repeats, rounds, budget, bar)
+                rows += _bench_group(group, usable, batch, ctx, timing, skipped)
+                ctx.release()
+                gc.collect()
+        bar.close()
+        peak_after = compute_ceiling(device, threads, peak_shape)
     finally:
         torch.set_num_threads(previous_threads)
-    # measured before and after the cases; the better median is the machine's peak
+    # measured before and after the cases; the better median is the machine's ceiling
     peak = max(peak_before, peak_after, key=lambda p: p["gflops"])
     peak = {**peak, "gflops_before_after": [peak_before["gflops"], peak_after["gflops"]]}
     for row in rows:
@@ -558,7 +263,7 @@ def run_bench(
         row["gflops"] = flops / 1e9
         row["pct_peak"] = 100 * row["gflops"] / peak["gflops"]
     machine = machine_info(device, threads)
-    machine["load_average_before_after"] = [load_before, _load_average()]
+    machine["load_average_before_after"] = [load_before, load_average()]
     return {
         "machine": machine,
         "settings": {
@@ -572,6 +277,7 @@ def run_bench(
             "warmup": warmup,
             "repeats": repeats,
             "rounds": rounds,
+            "memory_budget_mb": budget / 1e6,
         },
         "conv_peak": peak,
         "rows": rows,
@@ -579,40 +285,69 @@ def run_bench(
     }
 
 
-def _bench_batch(
+class Timing:
+    """How a group is timed, its memory budget and the shared progress bar."""
+
+    def __init__(self, warmup: int, repeats: int, rounds: int, budget: int, bar: tqdm) -> None:
+        self.warmup, self.repeats, self.rounds = warmup, repeats, rounds
+        self.budget, self.bar = budget, bar
+
+
+def _skip(skipped: list, entry: BenchModel, runtime: str, reason: str) -> None:
+    skipped.append(
+        {"method": entry.name, "input": entry.input_size, "runtime": runtime, "reason": reason}
+    )
+
+
+def _bench_group(
     entries: list[BenchModel],
     runtimes: list[Runtime],
     batch: int,
     ctx: BenchContext,
-    warmup: int,
-    repeats: int,
-    rounds: int,
+    timing: Timing,
     skipped: list[dict[str, object]],
-    progress: bool,
 ) -> list[dict[str, object]]:
-    """All cases of one batch size, prepared together and timed interleaved."""
+    """All cases of one batch size and input size: admitted by memory, prepared, warmed up
+    and timed interleaved."""
     cases: list[tuple[dict[str, object], Runner]] = []
     failed: set[tuple[str, int, str]] = set()
+    held, bar = 0, timing.bar
+    sync = synchronizer(ctx.device)
     for entry in entries:
         for runtime in runtimes:
             for mode in MODES:
                 key = (entry.name, entry.input_size, runtime.name)
                 if key in failed:
+                    bar.update(timing.rounds + 1)
                     continue
+                need = case_memory(entry, mode, batch)
+                if held + need > timing.budget:
+                    _skip(
+                        skipped,
+                        entry,
+                        runtime.name,
+                        f"{MODE_TITLES[mode]} at batch {batch} needs about {need / 1e9:.2f} GB "
+                        f"with {held / 1e9:.2f} GB held, over the {timing.budget / 1e9:.2f} GB "
+                        "budget (--max-memory)",
+                    )
+                    bar.update(timing.rounds + 1)
+                    continue
+                reset_peak_rss()
                 try:
                     run = runtime.prepare(entry, mode, batch, ctx)
+                    for _ in range(timing.warmup):
+                        run()
+                    sync()
                 except Exception as error:  # an export or session failure skips this runtime
                     failed.add(key)
                     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                    skipped.append(
-                        {
-                            "method": entry.name,
-                            "input": entry.input_size,
-                            "runtime": runtime.name,
-                            "reason": reason,
-                        }
-                    )
+                    _skip(skipped, entry, runtime.name, reason)
+                    bar.update(timing.rounds + 1)
                     continue
+                rss = peak_rss()
+                held += need
+                bar.set_postfix_str(f"batch {batch}, input {entry.input_size}")
+                bar.update()
                 meta = {
                     "method": entry.name,
                     "runtime": runtime.name,
@@ -623,29 +358,21 @@ def _bench_batch(
                     "device": ctx.device,
                     "threads": ctx.threads,
                     "gmac_per_image": entry.macs / 1e9,
+                    "memory_estimate_mb": need / 1e6,
+                    "rss_peak_mb": None if rss is None else rss / 1e6,
                 }
                 cases.append((meta, run))
-    cases = [
-        (meta, run)
-        for meta, run in cases
-        if (meta["method"], meta["input"], meta["runtime"]) not in failed
-    ]
-    sync = _synchronizer(ctx.device)
-    per_round = math.ceil(repeats / rounds)
+    dropped = [c for c in cases if (c[0]["method"], c[0]["input"], c[0]["runtime"]) in failed]
+    bar.update(len(dropped) * timing.rounds)
+    cases = [c for c in cases if c not in dropped]
+    per_round = math.ceil(timing.repeats / timing.rounds)
     times: list[list[float]] = [[] for _ in cases]
-    bar = tqdm(total=len(cases) * (rounds + 1), desc=f"bench batch {batch}", disable=not progress)
-    for _, run in cases:
-        for _ in range(warmup):
-            run()
-        sync()
-        bar.update()
-    for _ in range(rounds):
+    for _ in range(timing.rounds):
         for i, (_, run) in enumerate(cases):
             run()  # untimed: lets the previous case's thread pool go quiet
             sync()
-            times[i] += [_timed_ms(run, sync) for _ in range(per_round)]
+            times[i] += [timed_ms(run, sync) for _ in range(per_round)]
             bar.update()
-    bar.close()
     return [
         {**meta, **_summary(t, batch), "calls": len(t)}
         for (meta, _), t in zip(cases, times, strict=True)

@@ -21,7 +21,8 @@ def _rate(value: float) -> str:
 
 def bench_table(result: dict) -> str:
     """One line per method x runtime x input x batch; each mode's median (p90) ms, images/s
-    and achieved GFLOP/s with its share of the machine's conv peak."""
+    and achieved GFLOP/s with its share of the machine's measured ceiling; the process's peak
+    resident memory while the end-to-end case was set up and warmed up."""
     rows = result["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
@@ -33,6 +34,7 @@ def bench_table(result: dict) -> str:
     header = ["method", "runtime", "r → R", "batch"]
     for _, title in _MODES:
         header += [f"{title} ms median (p90)", f"{title} images/s", f"{title} GFLOP/s (% peak)"]
+    header.append("peak RSS MB")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for batch, size, method, runtime in keys:
         cells = [method, runtime, "", str(batch)]
@@ -48,6 +50,13 @@ def bench_table(result: dict) -> str:
                 _rate(row["images_per_s"]),
                 f"{row['gflops']:.1f} ({row['pct_peak']:.0f}%)",
             ]
+        rss = [
+            by_key[(batch, size, method, runtime, mode)].get("rss_peak_mb")
+            for mode, _ in _MODES
+            if (batch, size, method, runtime, mode) in by_key
+        ]
+        known = [v for v in rss if v is not None]
+        cells.append(f"{max(known):.0f}" if known else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -55,20 +64,29 @@ def bench_table(result: dict) -> str:
 def bench_preamble(result: dict) -> str:
     machine, peak, settings = result["machine"], result["conv_peak"], result["settings"]
     lines = [
-        f"Machine: {machine['cpu']}, {machine['cores_available']} cores available, torch "
+        f"Machine: {machine['cpu']} (flags: {', '.join(machine.get('cpu_flags', [])) or 'n/a'}), "
+        f"{machine['cores_available']} cores available, torch "
         f"{machine['torch']} ({machine['torch_cpu_capability']}), onnxruntime "
         f"{machine['onnxruntime']}; device {machine['device']}"
         + (f" ({machine['gpu']})" if "gpu" in machine else "")
         + f", {machine['threads']} threads; 1-minute load average before / after: "
         + " / ".join(str(v) for v in machine.get("load_average_before_after", []))
         + ".",
-        f"Conv peak (PyTorch fp32, {peak['shape']}): {peak['gflops']:.1f} GFLOP/s (median call; "
-        "measured before / after the cases: "
+        f"Ceiling (best of large fp32 kernels, median call): {peak['gflops']:.1f} GFLOP/s by "
+        f"{peak.get('engine', 'torch conv')} ({peak['shape']}); measured before / after the "
+        "cases: "
         + " / ".join(f"{v:.1f}" for v in peak.get("gflops_before_after", []))
-        + f"; fastest call {peak['gflops_best']:.1f}).",
+        + "; candidates: "
+        + ", ".join(f"{c['engine']} {c['gflops']:.1f}" for c in peak.get("candidates", []))
+        + ".",
         f"{settings['in_channels']} channels, {settings['classes']} classes, R = "
         f"{settings['output_size']}; {settings['warmup']} warm-up calls, {settings['repeats']} "
-        f"timed calls per case in {settings['rounds']} interleaved rounds.",
+        f"timed calls per case in {settings['rounds']} interleaved rounds"
+        + (
+            f"; memory budget {settings['memory_budget_mb'] / 1e3:.1f} GB."
+            if "memory_budget_mb" in settings
+            else "."
+        ),
     ]
     if "command" in settings:
         lines.insert(0, f"Command: `{settings['command']}`")

@@ -1,5 +1,6 @@
 """Backbones, the up-scaling head and the segmenter that joins them."""
 
+from upseg.models.features import DEFAULT_HEAD_INPUT, HEAD_INPUTS
 from upseg.models.head import (
     DEFAULT_HEAD_INIT,
     HEAD_INITS,
@@ -14,7 +15,9 @@ from upseg.models.segmenter import LowResSegmenter, build, method_name
 
 __all__ = [
     "DEFAULT_HEAD_INIT",
+    "DEFAULT_HEAD_INPUT",
     "HEAD_INITS",
+    "HEAD_INPUTS",
     "LowResSegmenter",
     "UpscalingHead",
     "UpscalingStage",

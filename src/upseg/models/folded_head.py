@@ -17,6 +17,10 @@ machine's peak than the stages (docs/benchmarks.md). W and b are read off the he
 probing it in float64 with impulses on 3 x 3 (and 1-pixel) inputs. Like folding BatchNorm into
 a convolution, this is for inference only: the weights are buffers derived from the trained
 head, and training keeps the stages.
+
+A features head (upseg.models.head, stage 1 reads the C_f channels of the backbone's last
+decoder features) folds the same way: the folded convolution then reads those C_f channels,
+(Nc S^2, C_f, 3, 3) per region.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from upseg.models.head import UpscalingHead
 
 FIRST, INNER, LAST, SINGLE = range(4)
 # Largest Nc S^2 (channels of the folded convolution) for which `fold_model` folds a head;
-# beyond it the weights (Nc S^2 x Nc x 9, nine regions) grow too large to be worth it.
+# beyond it the weights (Nc S^2 x Cin x 9, nine regions) grow too large to be worth it.
 MAX_FOLDED_CHANNELS = 4096
 
 
@@ -44,16 +48,25 @@ def _segments(length: int) -> list[tuple[int, int, int]]:
 
 
 class FoldedHead(nn.Module):
-    """(B, Nc, h, w) logits -> [Y0, Y_m]; the stages in between are not computed.
+    """(B, Cin, h, w) head input -> [Y0, Y_m]; the stages in between are not computed. Cin is
+    Nc (logits) or, for a features head, C_f; Y0 is `logits` where given, else the input.
 
-    weight (4, 4, Nc S^2, Nc, 3, 3) and bias (4, 4, Nc S^2), indexed by the row and column
+    weight (4, 4, Nc S^2, Cin, 3, 3) and bias (4, 4, Nc S^2), indexed by the row and column
     kinds (FIRST, INNER, LAST, SINGLE); output channel c S^2 + u S + v is class c at
     sub-pixel (u, v) of its block, the order pixel_shuffle reads."""
 
-    def __init__(self, weight: Tensor, bias: Tensor, num_classes: int, num_stages: int) -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor,
+        num_classes: int,
+        num_stages: int,
+        in_channels: int | None = None,
+    ) -> None:
         super().__init__()
         channels = num_classes * 4**num_stages
-        if tuple(weight.shape) != (4, 4, channels, num_classes, 3, 3):
+        in_channels = num_classes if in_channels is None else in_channels
+        if tuple(weight.shape) != (4, 4, channels, in_channels, 3, 3):
             raise ValueError(f"weight of shape {tuple(weight.shape)} for {channels} channels")
         if tuple(bias.shape) != (4, 4, channels):
             raise ValueError(f"bias of shape {tuple(bias.shape)} for {channels} channels")
@@ -65,30 +78,32 @@ class FoldedHead(nn.Module):
                 self.register_buffer(f"bias_{key}", bias[row_kind, col_kind].clone())
         self.num_classes = num_classes
         self.num_stages = num_stages
+        self.in_channels = in_channels
 
-    def forward(self, logits: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, logits: Tensor | None = None) -> list[Tensor]:
         if self.training:
             raise RuntimeError(
                 "a folded head is for inference only (it returns no intermediate stages); "
                 "train the UpscalingHead it was folded from"
             )
-        padded = F.pad(logits, (1, 1, 1, 1))
+        padded = F.pad(x, (1, 1, 1, 1))
         rows = []
-        for top, bottom, row_kind in _segments(logits.shape[2]):
+        for top, bottom, row_kind in _segments(x.shape[2]):
             pieces = [
                 F.conv2d(
                     padded[:, :, top : bottom + 2, left : right + 2],
                     getattr(self, f"weight_{row_kind}{col_kind}"),
                     getattr(self, f"bias_{row_kind}{col_kind}"),
                 )
-                for left, right, col_kind in _segments(logits.shape[3])
+                for left, right, col_kind in _segments(x.shape[3])
             ]
             rows.append(torch.cat(pieces, 3))
-        return [logits, F.pixel_shuffle(torch.cat(rows, 2), 2**self.num_stages)]
+        finest = F.pixel_shuffle(torch.cat(rows, 2), 2**self.num_stages)
+        return [x if logits is None else logits, finest]
 
     @property
     def weight(self) -> Tensor:
-        """(4, 4, Nc S^2, Nc, 3, 3), indexed by row and column kind."""
+        """(4, 4, Nc S^2, Cin, 3, 3), indexed by row and column kind."""
         return self._stacked("weight")
 
     @property
@@ -101,14 +116,19 @@ class FoldedHead(nn.Module):
         return torch.stack(rows)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, num_stages={self.num_stages}"
+        wide = self.in_channels != self.num_classes
+        features = f", in_channels={self.in_channels}" if wide else ""
+        return f"num_classes={self.num_classes}, num_stages={self.num_stages}{features}"
 
 
-def _probe(head: nn.Module, rows: int, cols: int, classes: int, scale: int) -> tuple[Tensor, ...]:
-    """Weights (rows, cols, Nc S^2, Nc, 3, 3) and biases (rows, cols, Nc S^2) of every block of
-    a rows x cols input, read from the head's responses to a zero input and to impulses."""
-    inputs = torch.zeros(1 + classes * rows * cols, classes, rows, cols, dtype=torch.float64)
-    for c in range(classes):
+def _probe(
+    head: nn.Module, rows: int, cols: int, channels: int, classes: int, scale: int
+) -> tuple[Tensor, ...]:
+    """Weights (rows, cols, Nc S^2, Cin, 3, 3) and biases (rows, cols, Nc S^2) of every block
+    of a rows x cols input of `channels` = Cin channels, read from the head's responses to a
+    zero input and to impulses."""
+    inputs = torch.zeros(1 + channels * rows * cols, channels, rows, cols, dtype=torch.float64)
+    for c in range(channels):
         for y in range(rows):
             for x in range(cols):
                 inputs[1 + (c * rows + y) * cols + x, c, y, x] = 1.0
@@ -116,8 +136,8 @@ def _probe(head: nn.Module, rows: int, cols: int, classes: int, scale: int) -> t
     blocks = output.view(-1, classes, rows, scale, cols, scale).permute(0, 2, 4, 1, 3, 5)
     blocks = blocks.reshape(-1, rows, cols, classes * scale * scale)
     bias = blocks[0]
-    response = (blocks[1:] - bias).view(classes, rows, cols, rows, cols, -1)
-    weight = torch.zeros(rows, cols, blocks.shape[-1], classes, 3, 3, dtype=torch.float64)
+    response = (blocks[1:] - bias).view(channels, rows, cols, rows, cols, -1)
+    weight = torch.zeros(rows, cols, blocks.shape[-1], channels, 3, 3, dtype=torch.float64)
     for i in range(rows):
         for j in range(cols):
             for y in range(max(0, i - 1), min(rows, i + 2)):
@@ -143,19 +163,19 @@ def fold_model(model: nn.Module) -> nn.Module:
 def fold_head(head: UpscalingHead) -> FoldedHead:
     """The folded form of `head` with its weights as they are now, on its device and in its
     dtype (probed in float64 on the CPU)."""
-    classes, scale = head.num_classes, 2**head.num_stages
+    classes, scale, inputs = head.num_classes, 2**head.num_stages, head.in_channels
     probe = copy.deepcopy(head).cpu().double().eval()
     channels = classes * scale * scale
-    weight = torch.zeros(4, 4, channels, classes, 3, 3, dtype=torch.float64)
+    weight = torch.zeros(4, 4, channels, inputs, 3, 3, dtype=torch.float64)
     bias = torch.zeros(4, 4, channels, dtype=torch.float64)
     # Along a side of 3 blocks the kinds are first, inner, last; along a side of 1, single.
     for rows, row_kinds in ((3, (FIRST, INNER, LAST)), (1, (SINGLE,))):
         for cols, col_kinds in ((3, (FIRST, INNER, LAST)), (1, (SINGLE,))):
-            w, b = _probe(probe, rows, cols, classes, scale)
+            w, b = _probe(probe, rows, cols, inputs, classes, scale)
             for i, row_kind in enumerate(row_kinds):
                 for j, col_kind in enumerate(col_kinds):
                     weight[row_kind, col_kind] = w[i, j]
                     bias[row_kind, col_kind] = b[i, j]
     like = next(head.parameters())
-    folded = FoldedHead(weight, bias, classes, head.num_stages)
+    folded = FoldedHead(weight, bias, classes, head.num_stages, inputs)
     return folded.to(device=like.device, dtype=like.dtype).eval()

@@ -11,6 +11,12 @@ that brings the input-resolution logits Y0 to the size of Y_{k-1}. All weights a
     (m(m-1)/2 + 1) * P  +  (m - 2) * (17 Nc^2 + 2 Nc)
 (143 for Nc = 1, m = 4; the paper quotes 159 for its variant, which its own code does not
 reproduce either).
+
+Features head (plain only, beyond the paper): stage 1 reads the C_f channels that feed the
+backbone's final 1x1 logit conv (upseg.models.features) instead of the Nc logits, so its
+ConvTranspose2d is (C_f, Nc, 2, 2): 4 Nc (C_f - Nc) more parameters than the plain head. Y0 is
+still the backbone's logits. Its 'upsample' and 'bilinear' starts apply the logit conv on
+every sub-pixel first, so the untrained features head equals the logits head.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from upseg.models.features import check_logit_conv
 from upseg.stage_ce import StageTerms
 from upseg.subpixel import attach_windows, window_shuffle
 
@@ -169,18 +176,19 @@ class UpscalingStage(nn.Sequential):
         return self[1](self[0](x))
 
     @torch.no_grad()
-    def init_as_nearest_upsampling(self) -> None:
+    def init_as_nearest_upsampling(self, logit_conv: nn.Conv2d | None = None) -> None:
         """Make the stage exact 2x nearest up-sampling of its input.
 
         With Cin = g * Nc (g concatenated groups of Nc channels) it returns the mean of the g
         groups, up-sampled; for identical groups that is nearest up-sampling of any one.
+        With `logit_conv` (a 1x1 Conv2d Cin -> Nc) it up-samples that conv's output instead.
         """
         identity = torch.zeros(3, 3)
         identity[1, 1] = 1.0
-        self._init_as_upsampling(identity)
+        self._init_as_upsampling(identity, logit_conv)
 
     @torch.no_grad()
-    def init_as_bilinear_upsampling(self) -> None:
+    def init_as_bilinear_upsampling(self, logit_conv: nn.Conv2d | None = None) -> None:
         """Make the stage 2x bilinear up-sampling of its input (align_corners=False).
 
         The transposed conv is nearest up-sampling (as in `init_as_nearest_upsampling`, so a
@@ -190,31 +198,47 @@ class UpscalingStage(nn.Sequential):
         align_corners=False) everywhere but on the outermost ring of output pixels. There the
         conv reads its zero padding where interpolate repeats the edge pixel, so the ring is
         3/4 of interpolate's value (edge pixel 2i: 3/4 x[0] instead of x[0]), 9/16 at the four
-        corners. With Cin = g * Nc it up-samples the mean of the g groups.
+        corners. With Cin = g * Nc it up-samples the mean of the g groups; with `logit_conv`
+        (a 1x1 Conv2d Cin -> Nc) it up-samples that conv's output.
         """
         taps = torch.tensor([1.0, 2.0, 1.0]) / 4
-        self._init_as_upsampling(torch.outer(taps, taps))
+        self._init_as_upsampling(torch.outer(taps, taps), logit_conv)
 
-    def _init_as_upsampling(self, kernel: Tensor) -> None:
-        """ConvTranspose: nearest up-sampling of the mean of the input groups; 3x3 conv: `kernel`
-        (3, 3) on the channel diagonal, zero across classes; biases 0."""
+    def _init_as_upsampling(self, kernel: Tensor, logit_conv: nn.Conv2d | None = None) -> None:
+        """ConvTranspose: nearest up-sampling of the mean of the input groups, or of
+        logit_conv's output (its weight and bias on each of the four sub-pixels); 3x3 conv:
+        `kernel` (3, 3) on the channel diagonal, zero across classes; its bias 0."""
         transposed, conv = self[0], self[1]
         num_classes = conv.out_channels
-        groups = transposed.in_channels // num_classes
         transposed.weight.zero_()  # (Cin, Nc, 2, 2)
-        for g in range(groups):
-            for c in range(num_classes):
-                transposed.weight[g * num_classes + c, c] = 1.0 / groups
+        transposed.bias.zero_()
+        if logit_conv is None:
+            groups = transposed.in_channels // num_classes
+            for g in range(groups):
+                for c in range(num_classes):
+                    transposed.weight[g * num_classes + c, c] = 1.0 / groups
+        else:
+            check_logit_conv(logit_conv, num_classes)
+            if logit_conv.in_channels != transposed.in_channels:
+                raise ValueError(
+                    f"the logit conv reads {logit_conv.in_channels} channels, the stage "
+                    f"{transposed.in_channels}"
+                )
+            weight = logit_conv.weight[:, :, 0, 0].T.to(transposed.weight)  # (Cin, Nc)
+            transposed.weight.copy_(weight[:, :, None, None].expand_as(transposed.weight))
+            if logit_conv.bias is not None:
+                transposed.bias.copy_(logit_conv.bias)
         conv.weight.zero_()  # (Nc, Nc, 3, 3)
         for c in range(num_classes):
             conv.weight[c, c] = kernel.to(conv.weight)
-        transposed.bias.zero_()
         conv.bias.zero_()
 
 
-def plain_head_num_params(num_classes: int, num_stages: int) -> int:
-    """m (13 Nc^2 + 2 Nc): the paper's count for the plain head."""
-    return num_stages * (13 * num_classes**2 + 2 * num_classes)
+def plain_head_num_params(num_classes: int, num_stages: int, in_channels: int | None = None) -> int:
+    """m (13 Nc^2 + 2 Nc): the paper's count for the plain head; a features head whose stage 1
+    reads `in_channels` = C_f channels has 4 Nc (C_f - Nc) more."""
+    extra = 0 if in_channels is None else 4 * num_classes * (in_channels - num_classes)
+    return num_stages * (13 * num_classes**2 + 2 * num_classes) + extra
 
 
 def skip_head_num_params(num_classes: int, num_stages: int) -> int:
@@ -227,6 +251,12 @@ def skip_head_num_params(num_classes: int, num_stages: int) -> int:
 
 class UpscalingHead(nn.Module):
     """(B, Nc, r, r) logits -> list [Y0, Y1, ..., Ym] with Y_k of shape (B, Nc, r 2^k, r 2^k).
+
+    With `logit_conv` (the backbone's final 1x1 conv, C_f -> Nc) it is a features head: stage 1
+    reads that conv's input, (B, C_f, r, r), and forward(features, logits) returns
+    [logits, Y1, ..., Ym]. The head does not keep the conv: it only sets stage 1's start
+    ('upsample' and 'bilinear': the conv on every sub-pixel, then the up-sampling, so the head
+    starts equal to the logits head; 'pytorch': PyTorch's initialisation).
 
     init 'upsample' (the default) starts every stage as exact nearest up-sampling, so the head
     begins as a stretch of the logits and learns from there; 'pytorch' keeps PyTorch's layer
@@ -253,6 +283,7 @@ class UpscalingHead(nn.Module):
         num_stages: int,
         skip: bool = False,
         init: HeadInit = DEFAULT_HEAD_INIT,
+        logit_conv: nn.Conv2d | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -267,14 +298,26 @@ class UpscalingHead(nn.Module):
                 f"the inner-skip head needs at least 3 stages (R >= 8 r), got {num_stages}; "
                 "use the plain head or a larger output size"
             )
+        if logit_conv is not None:
+            if skip:
+                raise ValueError(
+                    "the inner-skip head reads the logits only (its stretches start from them); "
+                    "head_input='features' needs the plain head"
+                )
+            check_logit_conv(logit_conv, num_classes)
         init = resolve_head_init(init)
         self.num_classes = num_classes
         self.num_stages = num_stages
         self.skip = skip
         self.init = init
+        self.in_channels = num_classes if logit_conv is None else logit_conv.in_channels
+        self.head_input = "logits" if logit_conv is None else "features"
         first_skip = 3 if skip else num_stages + 1
         self.stages = nn.ModuleList(
-            UpscalingStage(num_classes * (2 if k >= first_skip else 1), num_classes)
+            UpscalingStage(
+                self.in_channels if k == 1 else num_classes * (2 if k >= first_skip else 1),
+                num_classes,
+            )
             for k in range(1, num_stages + 1)
         )
         # stretches[i] serves stage first_skip + i: k - 1 plain stages, Y0 -> size of Y_{k-1}.
@@ -286,23 +329,29 @@ class UpscalingHead(nn.Module):
         if init in ("upsample", "bilinear"):
             for module in self.modules():
                 if isinstance(module, UpscalingStage):
+                    conv = logit_conv if module is self.stages[0] else None
                     if init == "upsample":
-                        module.init_as_nearest_upsampling()
+                        module.init_as_nearest_upsampling(conv)
                     else:
-                        module.init_as_bilinear_upsampling()
+                        module.init_as_bilinear_upsampling(conv)
 
-    def forward(self, logits: Tensor) -> list[Tensor]:
-        outputs = [logits]
+    def forward(self, x: Tensor, logits: Tensor | None = None) -> list[Tensor]:
+        """x: stage 1's input, the logits (B, Nc, r, r) or, for a features head, the features
+        (B, C_f, r, r); logits: Y0 when x is not (default x)."""
+        outputs = [x]
         for k, stage in enumerate(self.stages, start=1):
             previous = outputs[-1]
             if k >= self.first_skip:
-                stretched = self.stretches[k - self.first_skip](logits)
+                stretched = self.stretches[k - self.first_skip](x)
                 previous = torch.cat([stretched, previous], dim=1)
             outputs.append(stage(previous))
+        if logits is not None:
+            outputs[0] = logits
         return outputs
 
     def extra_repr(self) -> str:
+        features = f", in_channels={self.in_channels}" if self.head_input == "features" else ""
         return (
             f"num_classes={self.num_classes}, num_stages={self.num_stages}, "
-            f"skip={self.skip}, init={self.init!r}"
+            f"skip={self.skip}, init={self.init!r}{features}"
         )

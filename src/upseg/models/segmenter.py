@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from upseg.models.features import DEFAULT_HEAD_INPUT, check_head_input, split_logit_conv
 from upseg.models.folded_head import FoldedHead
 from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead, resolve_head_init
 from upseg.models.registry import get_backbone_spec, make_backbone
@@ -15,18 +16,31 @@ HeadKind = Literal["plain", "skip"] | None
 HEAD_KINDS: tuple[str | None, ...] = ("plain", "skip", None)
 
 
-def method_name(backbone: str, head: str | None, init: str = DEFAULT_HEAD_INIT) -> str:
-    """'elunet' for a baseline; 'elunet+plain', or 'elunet+plain:pytorch' for a head whose
-    initialisation is not the default."""
+def method_name(
+    backbone: str,
+    head: str | None,
+    init: str = DEFAULT_HEAD_INIT,
+    head_input: str = DEFAULT_HEAD_INPUT,
+) -> str:
+    """'elunet' for a baseline; 'elunet+plain', 'elunet+plain:pytorch' for a head whose
+    initialisation is not the default, 'elunet+plain@features' (or
+    'elunet+plain@features:bilinear') for a head that reads the backbone's features. The part
+    before ':' names the architecture, the suffix only the initialisation."""
     if head in (None, "none"):
         return backbone
     init = resolve_head_init(init)
-    return f"{backbone}+{head}" + (f":{init}" if init != DEFAULT_HEAD_INIT else "")
+    source = "" if check_head_input(head_input) == DEFAULT_HEAD_INPUT else f"@{head_input}"
+    return f"{backbone}+{head}{source}" + (f":{init}" if init != DEFAULT_HEAD_INIT else "")
 
 
 class LowResSegmenter(nn.Module):
     """Input (B, C, r, r). Training mode: list of logits at r, 2r, ..., R (one tensor at r for a
     baseline). Eval mode: only the finest logits tensor, so the model exports with one output.
+
+    With `logit_conv` (head_input 'features') the backbone ends before its final 1x1 conv and
+    returns its features (B, C_f, r, r); logit_conv makes the logits at r from them and the
+    head's stage 1 reads the features. The logits at r are computed only where they are
+    returned (training, forward_all): the eval-mode forward does not need them.
     """
 
     def __init__(
@@ -37,10 +51,14 @@ class LowResSegmenter(nn.Module):
         output_size: int,
         divisor: int = 1,
         in_channels: int | None = None,
+        logit_conv: nn.Conv2d | None = None,
     ) -> None:
         super().__init__()
+        if logit_conv is not None and head is None:
+            raise ValueError("a logit conv apart from the backbone needs a head to read features")
         self.in_channels = in_channels
         self.backbone = backbone
+        self.logit_conv = logit_conv
         self.head = head
         self.input_size = input_size
         self.output_size = output_size
@@ -50,20 +68,35 @@ class LowResSegmenter(nn.Module):
     def num_stages(self) -> int:
         return 0 if self.head is None else self.head.num_stages
 
+    @property
+    def head_input(self) -> str:
+        """'features' where the head reads the backbone's features, else 'logits'."""
+        return DEFAULT_HEAD_INPUT if self.logit_conv is None else "features"
+
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        outputs = self.forward_all(x)
-        return outputs if self.training else outputs[-1]
+        if self.training or self.logit_conv is None:
+            outputs = self.forward_all(x)
+            return outputs if self.training else outputs[-1]
+        self._check_input(x)
+        return self.head(self.backbone(x))[-1]
 
     def forward_all(self, x: Tensor) -> list[Tensor]:
         """Logits of every stage, coarse to fine, in either mode (for per-stage scoring)."""
+        self._check_input(x)
+        out = self.backbone(x)
+        if self.head is None:
+            return [out]
+        if self.logit_conv is None:
+            return self.head(out)
+        return self.head(out, self.logit_conv(out))  # out: the features
+
+    def _check_input(self, x: Tensor) -> None:
         height, width = x.shape[-2:]
         if height % self.divisor or width % self.divisor:
             raise ValueError(
                 f"input of size {height}x{width}: both sides must be multiples of "
                 f"{self.divisor} for this backbone (the model was built for {self.input_size})"
             )
-        logits = self.backbone(x)
-        return [logits] if self.head is None else self.head(logits)
 
 
 def _valid_sizes(divisor: int, near: int) -> str:
@@ -116,17 +149,28 @@ def build(
     output_size: int | None = None,
     head: HeadKind | Literal["auto"] = "auto",
     head_init: str = DEFAULT_HEAD_INIT,
+    head_input: str = DEFAULT_HEAD_INPUT,
     **backbone_kwargs,
 ) -> LowResSegmenter:
     """Build backbone + head. `backbone` is a registered name or any nn.Module that maps
     (B, in_channels, r, r) to (B, num_classes, r, r). `head=None` gives the baseline, which
     predicts at r; `output_size` (R) then only records the resolution it is scored at.
     `head="auto"` is the plain head when output_size > input_size, else the baseline.
+    `head_input="features"`: the plain head reads the C_f channels that feed the backbone's
+    final 1x1 logit conv instead of the logits (upseg.models.features finds that conv; a
+    backbone without one is a ValueError); the backbone's logits at r are still returned.
     """
     if head == "auto":
         head = "plain" if output_size is not None and output_size > input_size else None
     if head not in HEAD_KINDS:
         raise ValueError(f"unknown head {head!r}; choose 'plain', 'skip' or None (baseline)")
+    check_head_input(head_input)
+    if head_input != DEFAULT_HEAD_INPUT and head != "plain":
+        raise ValueError(
+            f"head_input {head_input!r} needs the plain head, not "
+            f"{'a baseline' if head is None else repr(head)} (the inner-skip head reads the "
+            "logits only)"
+        )
     if in_channels < 1 or num_classes < 1:
         raise ValueError(
             f"in_channels and num_classes must be at least 1, got {in_channels} and {num_classes}"
@@ -155,9 +199,16 @@ def build(
         _check_custom_backbone(net, in_channels, num_classes, input_size)
     else:
         net = make_backbone(spec.name, in_channels, num_classes, **backbone_kwargs)
+    logit_conv = None
+    if head_input == "features":
+        logit_conv = split_logit_conv(net, in_channels, num_classes, input_size, name)
     upscaler = (
         None
         if head is None
-        else UpscalingHead(num_classes, num_stages, skip=head == "skip", init=head_init)
+        else UpscalingHead(
+            num_classes, num_stages, skip=head == "skip", init=head_init, logit_conv=logit_conv
+        )
     )
-    return LowResSegmenter(net, upscaler, input_size, output_size, divisor, in_channels)
+    return LowResSegmenter(
+        net, upscaler, input_size, output_size, divisor, in_channels, logit_conv=logit_conv
+    )
