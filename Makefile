@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.upseg-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch is pinned; installing it first takes the local CPU build instead of a CUDA one.
+	# the exact, tested build; installing it first takes the local CPU wheel instead of a CUDA one.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
