@@ -750,8 +750,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--head-init",
         choices=HEAD_INITS,
-        help="upsample: stages start as nearest up-sampling (default); pytorch: PyTorch's "
-        "layer initialisation, as in the paper",
+        help="upsample: stages start as nearest up-sampling (default); bilinear: as repeated "
+        "bilinear x2; pytorch: PyTorch's layer initialisation, as in the paper",
     )
     parser.add_argument(
         "--head-input",
@@ -1212,7 +1212,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="METHOD",
-        help="backbone[+plain|+skip[:pytorch]] (fresh weights) or a run directory",
+        help="backbone[+plain[@features]|+skip][:bilinear|:pytorch] (fresh weights) or a run "
+        "directory",
     )
     bench.add_argument("--resolutions", type=int, nargs="+", default=[16, 32, 64], metavar="r")
     bench.add_argument(

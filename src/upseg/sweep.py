@@ -78,7 +78,7 @@ def parse_method(text: str) -> Method:
     inputs = HEAD_INPUTS if head == "plain" else ()
     if head not in ("none", "plain", "skip") or init not in known or (at and source not in inputs):
         raise ValueError(
-            f"method {text!r} is not backbone[+plain|+skip[:pytorch]] or "
+            f"method {text!r} is not backbone[+plain[@features]|+skip][:bilinear|:pytorch] or "
             "backbone+plain@features[:pytorch], e.g. elunet+plain:pytorch"
         )
     return Method(
