@@ -219,3 +219,32 @@ def test_sweep_goes_on_after_its_store_moves(tmp_path: Path) -> None:
     report = run_sweep(moved, out, ["elunet"], [16], extra=small, **kwargs)
     assert report["failed"] == [] and report["rows"][0]["runs"] == 1
     assert (run / "evaluation" / "last_val.json").is_file()
+
+
+def test_sweep_passes_the_recipe_to_every_run(tmp_path: Path) -> None:
+    import yaml
+
+    store = prepare(
+        PhantomReader(size=64, num_patients=4, slices_per_patient=2), tmp_path / "s", progress=False
+    )
+    recipe = ["--loss", "dice_ce", "--stage-weights", "halving", "--schedule", "cosine"]
+    result = run_cli(
+        "sweep", "--store", str(store), "--out", str(tmp_path / "o"),
+        "--methods", "elunet+plain@features:bilinear", "--resolutions", "16", "--epochs", "2",
+        "--batch-size", "2", "--max-steps-per-epoch", "1", "--warmup-epochs", "1",
+        "--backbone-kwargs", '{"base_width": 4}', *recipe, "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [run] = (tmp_path / "o" / "runs").iterdir()
+    assert run.name == "elunet+plain@features-bilinear_r16_f0_s0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["loss"], config["stage_weights"], config["schedule"]) == (
+        "dice_ce",
+        "halving",
+        "cosine",
+    )
+    assert (config["warmup_epochs"], config["head_init"], config["head_input"]) == (
+        1,
+        "bilinear",
+        "features",
+    )

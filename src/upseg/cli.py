@@ -348,12 +348,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# training settings a sweep passes to every run (the method names carry head and init)
+SWEEP_TRAIN_FLAGS = (
+    "lr",
+    "loss",
+    "stage_weights",
+    "schedule",
+    "warmup_epochs",
+    "bf16",
+    "backbone_kwargs",
+    "max_steps_per_epoch",
+    "device",
+)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from upseg.sweep import run_sweep
 
     extra = {
         k: getattr(args, k)
-        for k in ("lr", "backbone_kwargs", "max_steps_per_epoch", "device")
+        for k in SWEEP_TRAIN_FLAGS
         if getattr(args, k) is not None
     }
     result = run_sweep(
@@ -791,6 +805,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS
+
     parser = argparse.ArgumentParser(
         prog="upseg",
         description="Low-resolution-in, full-resolution-out segmentation for embedded devices.",
@@ -1028,6 +1044,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--epochs", type=int, default=10)
     sweep.add_argument("--batch-size", type=int, default=32)
     sweep.add_argument("--lr", type=float)
+    sweep.add_argument("--loss", choices=BASE_LOSSES, help="every run's loss (default ce)")
+    sweep.add_argument("--stage-weights", choices=STAGE_WEIGHTS)
+    sweep.add_argument("--schedule", choices=SCHEDULES, help="learning rate (default constant)")
+    sweep.add_argument("--warmup-epochs", type=int)
+    sweep.add_argument("--bf16", type=_bool, metavar="BOOL", help="bf16 autocast")
     sweep.add_argument("--backbone-kwargs", type=_json_dict, metavar="JSON")
     sweep.add_argument("--max-steps-per-epoch", type=int)
     sweep.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
