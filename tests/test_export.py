@@ -110,7 +110,7 @@ def test_failed_rename_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> 
     def refuse(src, dst) -> None:
         raise OSError(f"cannot rename {src} to {dst}")
 
-    monkeypatch.setattr("upseg.deploy.export.os.replace", refuse)
+    monkeypatch.setattr("upseg.io.os.replace", refuse)
     model = build("elunet", 1, 2, 16, 32, base_width=4)
     with pytest.raises(OSError, match="cannot rename"):
         export_onnx(model, tmp_path / "m.onnx")

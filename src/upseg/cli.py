@@ -365,11 +365,7 @@ SWEEP_TRAIN_FLAGS = (
 def cmd_sweep(args: argparse.Namespace) -> int:
     from upseg.sweep import run_sweep
 
-    extra = {
-        k: getattr(args, k)
-        for k in SWEEP_TRAIN_FLAGS
-        if getattr(args, k) is not None
-    }
+    extra = {k: getattr(args, k) for k in SWEEP_TRAIN_FLAGS if getattr(args, k) is not None}
     result = run_sweep(
         args.store,
         args.out,

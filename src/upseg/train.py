@@ -37,7 +37,7 @@ from upseg import native, stage_ce
 from upseg.data import LowResPairs, SliceStore
 from upseg.errors import TrainingError
 from upseg.evaluate import score
-from upseg.io import write_text_atomic
+from upseg.io import atomic_path, write_text_atomic
 from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS, TARGET_RESIZES, MultiScaleLoss
 from upseg.models import (
     DEFAULT_HEAD_INIT,
@@ -253,9 +253,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
-from upseg.io import write_json
+from upseg.io import temporary_sibling, write_json
 from upseg.resize import DOWNSAMPLE_MODES, downsample_image
 
 STORE_VERSION = 1
@@ -394,7 +394,7 @@ class SliceStore:
         shape = (len(self), self.images.shape[1], size, size)
         if cache.is_file():
             return load_array(cache, shape, np.float32, remedy="delete it to have it rebuilt")
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp = temporary_sibling(cache)
         try:
             cache.parent.mkdir(exist_ok=True)
             out = np.lib.format.open_memmap(tmp, "w+", np.float32, shape)

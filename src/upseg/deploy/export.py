@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from upseg.deploy.outputs import check_output_file
 from upseg.errors import TrainingError
+from upseg.io import atomic_path
 from upseg.models import LowResSegmenter
 from upseg.models.folded_head import fold_model
 
@@ -52,12 +52,11 @@ def export_onnx(
     size = model.input_size
     example = torch.randn(2, in_channels, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     batch = torch.export.Dim("batch", min=1, max=4096)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # the exporter narrates each step otherwise
-    try:  # from here on, any failure (or Ctrl-C) removes the temporary file
+    with atomic_path(path) as tmp:  # any failure (or Ctrl-C) removes the temporary file
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             try:
@@ -90,10 +89,6 @@ def export_onnx(
                 f"{path}: ONNX and PyTorch outputs differ by {worst:.3g} > {tolerance:g}; "
                 "nothing was written"
             )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {
         "path": str(path),
         "max_abs_diff": worst,

@@ -36,7 +36,7 @@ from upseg.deploy.export import ExportError, export_onnx
 from upseg.deploy.outputs import check_output_file
 from upseg.errors import DataError, TrainingError
 from upseg.evaluate import score
-from upseg.io import write_json
+from upseg.io import temporary_sibling, write_json
 from upseg.report import run_dataset
 from upseg.train import TrainConfig, load_run, method_label, open_run_store
 
@@ -224,8 +224,7 @@ def quantize_export(
     val_data = run_dataset(config, store, "val")
     positions = calibration_positions(len(train_data), calibration_slices)
     reader = SliceCalibration(train_data, positions)
-    tmp = int8_path.with_name(f".{int8_path.name}.{os.getpid()}.tmp")
-    report_tmp = report_path.with_name(f".{report_path.name}.{os.getpid()}.tmp")
+    tmp, report_tmp = temporary_sibling(int8_path), temporary_sibling(report_path)
     try:
         quantize_onnx(source, tmp, reader, per_channel)
         batch = batch_size or config.batch_size
