@@ -1,0 +1,161 @@
+"""Which int8 form pays on this CPU: onnxruntime QDQ against QOperator, per-channel against
+per-tensor weights, int8 against uint8 activations, with the first and last convolution kept
+in float or not, timed against onnxruntime fp32 on the same exported model.
+
+For every input size and batch, each variant's forward time (median of interleaved calls,
+fresh random weights: speed only, accuracy is `upseg export --int8`'s job) is printed with its
+speed-up over fp32. Calibration uses random normal images.
+
+usage: python benchmarks/int8_formats.py [--method elunet] [--sizes 64 128 256]
+       [--batches 1 8] [--threads 2] [--repeats 20] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from upseg.deploy.export import export_onnx
+from upseg.deploy.machine import cpu_flags, default_threads
+from upseg.models import build
+from upseg.sweep import parse_method
+
+VARIANTS = {  # name -> quantize_static settings
+    "QDQ s8s8 per-channel 7-bit": {"fmt": "QDQ", "act": "s8", "per_channel": True, "reduce": True},
+    "QDQ s8s8 per-tensor": {"fmt": "QDQ", "act": "s8", "per_channel": False, "reduce": False},
+    "QDQ u8s8 per-channel": {"fmt": "QDQ", "act": "u8", "per_channel": True, "reduce": False},
+    "QDQ u8s8 per-tensor": {"fmt": "QDQ", "act": "u8", "per_channel": False, "reduce": False},
+    "QOperator u8s8 per-channel": {
+        "fmt": "QOperator",
+        "act": "u8",
+        "per_channel": True,
+        "reduce": False,
+    },
+    "QOperator u8s8 per-tensor": {
+        "fmt": "QOperator",
+        "act": "u8",
+        "per_channel": False,
+        "reduce": False,
+    },
+    "QDQ u8s8 per-channel, ends in float": {
+        "fmt": "QDQ",
+        "act": "u8",
+        "per_channel": True,
+        "reduce": False,
+        "float_ends": True,
+    },
+}
+
+
+class Calibration:
+    def __init__(self, shape: tuple[int, ...], batches: int = 4) -> None:
+        rng = np.random.default_rng(0)
+        self.items = [rng.standard_normal(shape).astype(np.float32) for _ in range(batches)]
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return {"image": self.items.pop()} if self.items else None
+
+
+def quantize(fp32: Path, out: Path, shape: tuple[int, ...], variant: dict) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    prepared = out.with_name(out.stem + "-prep.onnx")
+    quant_pre_process(str(fp32), str(prepared))
+    convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+    exclude = [convs[0], convs[-1]] if variant.get("float_ends") else []
+    quantize_static(
+        str(prepared),
+        str(out),
+        Calibration(shape),
+        quant_format=QuantFormat.QDQ if variant["fmt"] == "QDQ" else QuantFormat.QOperator,
+        per_channel=variant["per_channel"],
+        reduce_range=variant["reduce"],
+        activation_type=QuantType.QInt8 if variant["act"] == "s8" else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=exclude,
+    )
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="elunet")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    logging.getLogger().setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
+    print(f"onnxruntime {ort.__version__}, {args.threads} threads, CPU flags: {' '.join(flags)}")
+    method = parse_method(args.method)
+    with tempfile.TemporaryDirectory(prefix="upseg-int8-") as folder:
+        for size in args.sizes:
+            head = None if method.head == "none" else method.head
+            model = build(
+                method.backbone, args.channels, args.classes, size, 256 if head else None, head=head
+            ).eval()
+            fp32 = Path(folder) / f"fp32-{size}.onnx"
+            export_onnx(model, fp32)
+            files = {"fp32": fp32}
+            for name, variant in VARIANTS.items():
+                path = Path(folder) / f"{len(files)}-{size}.onnx"
+                quantize(fp32, path, (8, args.channels, size, size), variant)
+                files[name] = path
+            sessions = {name: session(path, args.threads) for name, path in files.items()}
+            for batch in args.batches:
+                x = np.random.default_rng(1).standard_normal(
+                    (batch, args.channels, size, size), dtype=np.float32
+                )
+                calls = {
+                    n: (lambda s=s, x=x: s.run(None, {"image": x})) for n, s in sessions.items()
+                }
+                for call in calls.values():
+                    for _ in range(3):
+                        call()
+                times: dict[str, list[float]] = {n: [] for n in calls}
+                per_round = max(1, args.repeats // args.rounds)
+                for _ in range(args.rounds):
+                    for name, call in calls.items():
+                        call()
+                        for _ in range(per_round):
+                            start = time.perf_counter()
+                            call()
+                            times[name].append(1000 * (time.perf_counter() - start))
+                base = statistics.median(times["fp32"])
+                print(f"\n{args.method} at {size}, batch {batch}: fp32 {base:.2f} ms")
+                for name in VARIANTS:
+                    median = statistics.median(times[name])
+                    print(f"  {name:38s} {median:8.2f} ms  {base / median:5.2f}x fp32")
+
+
+if __name__ == "__main__":
+    main()
