@@ -13,8 +13,19 @@ from tests.data.files import brats_case, decathlon_task, truncate, write_nifti
 from tests.helpers import run_cli
 from upseg.data import BratsReader, DecathlonReader, FolderReader, SliceStore, prepare
 from upseg.data.volume import pad_or_crop, stretch, undo_pad_or_crop
-from upseg.deploy.predict import Frames, Predictor, find_inputs, predict
+from upseg.deploy.predict import (
+    LABELS_KEY,
+    MARGIN_TOLERANCE,
+    Frames,
+    Predictor,
+    decision_margins,
+    find_inputs,
+    labels_session,
+    predict,
+)
+from upseg.errors import TrainingError
 from upseg.metrics import labels_from_logits
+from upseg.models import build
 from upseg.resize import stretch_logits
 from upseg.train import TrainConfig, load_checkpoint, train
 
@@ -37,6 +48,21 @@ def brats_run(tmp_path_factory) -> Path:
         brats_case(root / "raw", f"case{i}", seed=i)
     store = prepare(BratsReader(root / "raw"), root / "store", progress=False)
     return tiny_run(store, root / "run")
+
+
+@pytest.fixture(scope="module")
+def baseline_run(brats_run: Path) -> Path:
+    """A tiny baseline (no head: logits at r, stretched to R) on brats_run's store."""
+    return tiny_run(brats_run.parent / "store", brats_run.parent / "baseline", head="none")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(images folder, store, run): a tiny run trained on PNGs of different sizes."""
+    root = tmp_path_factory.mktemp("folder")
+    data = folder_dataset(root / "data")
+    store = prepare(FolderReader(data, size=32), root / "store", progress=False)
+    return data, store, tiny_run(store, root / "run", lr=0.05)  # two steps that leave some disc
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +241,11 @@ def folder_dataset(root: Path, count: int = 6) -> Path:
     return root
 
 
-def test_png_round_trip_without_the_store(tmp_path: Path) -> None:
-    data = folder_dataset(tmp_path / "data")
-    store = SliceStore(prepare(FolderReader(data, size=32), tmp_path / "store", progress=False))
-    run = tiny_run(store.path, tmp_path / "run", lr=0.05)  # two steps that leave some disc
+def test_png_round_trip_without_the_store(
+    folder_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data, store_path, run = folder_run
+    store = SliceStore(store_path)
     predictor = Predictor.from_run(run)
     classes = expected_classes(predictor, store.lowres_images(16, "area"))
     # class 1 goes back as 255 (the largest pixel value of class 1), at the image's size
@@ -229,7 +256,7 @@ def test_png_round_trip_without_the_store(tmp_path: Path) -> None:
     restored = predictor.restore(hand, frames)
     assert restored.shape == (40, 56) and (restored[20:] == 255).all() and not restored[:20].any()
     files = store.manifest["patients"]
-    shutil.rmtree(store.path)  # the checkpoint carries the preprocessing
+    shutil.rmtree(store.path)  # the checkpoint carries the preprocessing (later tests too)
     rgb = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(rgb)
     out = tmp_path / "out"
@@ -304,3 +331,159 @@ def test_slices_larger_than_the_frame_are_written_with_a_warning(
     assert f"warning: {case}: slices of 300 x 240 are larger than" in result.stderr
     mask = np.asarray(nib.load(tmp_path / "out" / "wide.nii.gz").dataobj)
     assert mask.shape == (300, 240, 6) and not mask[:22].any()
+
+
+# -- runtimes: onnxruntime against eager PyTorch ------------------------------------------
+
+
+def mask_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def assert_same_labels(got: np.ndarray, expected: np.ndarray, logits: torch.Tensor) -> None:
+    """onnxruntime's labels are PyTorch's, except perhaps in a rare pixel where PyTorch's two
+    best logits tie up to float rounding (decision margin <= MARGIN_TOLERANCE): the graphs
+    compute the same sums in other orders (a folded head, ORT's kernels), so a tie may fall
+    either way. None have been seen with these runs."""
+    assert got.shape == expected.shape
+    differ = got != expected
+    if differ.any():
+        margins = decision_margins(logits).numpy()[differ]
+        assert margins.max() <= MARGIN_TOLERANCE, f"labels differ where margins reach {margins}"
+        assert differ.mean() <= 1e-5, f"{int(differ.sum())} pixels differ, all at ties"
+
+
+@pytest.mark.parametrize("kind", ["head", "baseline", "folder"])
+def test_ort_masks_are_the_torch_masks(
+    kind: str,
+    brats_run: Path,
+    baseline_run: Path,
+    folder_run: tuple[Path, Path, Path],
+    tmp_path: Path,
+) -> None:
+    if kind == "folder":
+        run, inputs = folder_run[2], [folder_run[0]]
+    else:
+        run = brats_run if kind == "head" else baseline_run
+        inputs = [brats_run.parent / "raw"]  # three case folders
+    threads = torch.get_num_threads()
+    eager = predict(run, inputs, tmp_path / "torch", runtime="torch", progress=False)
+    onnx = predict(run, inputs, tmp_path / "ort", runtime="ort", progress=False)
+    assert (eager["runtime"], onnx["runtime"]) == ("torch", "ort")
+    assert eager["skipped"] == onnx["skipped"] == [] and len(onnx["written"]) >= 3
+    assert mask_bytes(tmp_path / "ort") == mask_bytes(tmp_path / "torch")
+    assert (run / "export" / "last-labels.onnx").is_file()
+    assert torch.get_num_threads() == threads  # ort ran with PyTorch on one thread, restored
+
+
+def test_ort_classes_on_a_real_case(
+    baseline_run: Path, real_frames: tuple[Predictor, Frames]
+) -> None:
+    """Every slice of a real case: onnxruntime's labels are PyTorch's, and any pixel where they
+    could differ has to be a float-rounding tie in PyTorch's own logits."""
+    frames = real_frames[1]
+    eager = Predictor.from_run(baseline_run, runtime="torch")
+    onnx = Predictor.from_run(baseline_run, runtime="ort")
+    assert (eager.runtime, onnx.runtime) == ("torch", "ort")
+    expected, got = eager.classes(frames.images), onnx.classes(frames.images)
+    with torch.no_grad():
+        logits = stretch_logits(eager.model(eager.inputs(frames.images)), eager.size)
+    assert_same_labels(got, expected, logits)
+
+
+def test_ort_graph_is_cached_and_rebuilt_for_a_new_checkpoint(
+    brats_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(brats_run, run, ignore=shutil.ignore_patterns("export"))
+    cache = run / "export" / "last-labels.onnx"
+    first = Predictor.from_run(run, runtime="ort")
+    assert first.labeller.how == f"exported to {cache}" and cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    again = Predictor.from_run(run, runtime="auto")
+    assert again.runtime == "ort" and again.labeller.how == f"cached {cache}"
+    assert cache.stat().st_mtime_ns == stamp
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary files
+    # retrained: same file name, other weights -> exported again, with the new weights
+    checkpoint = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(checkpoint)
+    weights = state["model"]
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}
+    torch.save(state, checkpoint)
+    retrained = Predictor.from_run(run, runtime="ort")
+    assert retrained.labeller.how == f"exported to {cache}"
+    keys = [p.labeller.session.get_modelmeta().custom_metadata_map for p in (first, retrained)]
+    assert keys[0][LABELS_KEY] != keys[1][LABELS_KEY]
+    frames = retrained.read(find_inputs([brats_run.parent / "raw" / "case0"], "brats", "x")[0][0])
+    eager = Predictor.from_run(run, runtime="torch")
+    np.testing.assert_array_equal(retrained.classes(frames.images), eager.classes(frames.images))
+    # a damaged cache is replaced too
+    cache.write_bytes(b"not onnx")
+    assert Predictor.from_run(run, runtime="ort").labeller.how == f"exported to {cache}"
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]
+
+
+def test_runtime_names_and_export_failures(
+    brats_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = brats_run.parent / "raw" / "case0"
+    with pytest.raises(ValueError, match="unknown runtime 'onnx'; choose one of auto, torch, ort"):
+        predict(brats_run, [case], tmp_path / "out", runtime="onnx", progress=False)
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        Predictor.from_run(brats_run, runtime="tensorrt")
+    assert predict(brats_run, [case], tmp_path / "auto")["runtime"] == "ort"  # the default
+    assert "predict: runtime ort (onnxruntime " in capsys.readouterr().err
+    run = tmp_path / "run"
+    shutil.copytree(brats_run, run, ignore=shutil.ignore_patterns("export"))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter says no")
+
+    monkeypatch.setattr("upseg.deploy.export.export_onnx", broken)
+    assert predict(run, [case], tmp_path / "fallback", runtime="auto")["runtime"] == "torch"
+    err = capsys.readouterr().err
+    assert "predict: runtime torch (eager PyTorch, " in err
+    assert "; auto: onnxruntime not used (RuntimeError: exporter says no)" in err
+    with pytest.raises(TrainingError, match="ONNX export for runtime 'ort' failed"):
+        Predictor.from_run(run, runtime="ort")
+    assert not (run / "export").exists()  # nothing half-written
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "fallback" / "case0.nii.gz").dataobj),
+        np.asarray(nib.load(tmp_path / "auto" / "case0.nii.gz").dataobj),
+    )
+
+
+@pytest.mark.parametrize("head", [None, "plain"])
+def test_one_channel_labels_graph_thresholds_at_zero(head: str | None, tmp_path: Path) -> None:
+    """A bce model (one logit): the graph's labels are logit > 0, as labels_from_logits."""
+    torch.manual_seed(0)
+    model = build("elunet", 2, 1, 16, 64, head=head, base_width=4).eval()
+    x = torch.randn(4, 2, 16, 16)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 1]
+    with torch.no_grad():  # fresh logits are ~0.04 +- 0.003: spread them around 0
+        scale = 1 / model(x).std()
+        last[-1].weight *= scale
+        last[-1].bias *= scale
+        last[-1].bias -= model(x).median()
+        logits = stretch_logits(model(x), 64)
+    session, path, how = labels_session(model, 64, tmp_path / "m.onnx", "key-1")
+    assert path == tmp_path / "m.onnx" and how == f"exported to {path}"
+    assert session.get_modelmeta().custom_metadata_map[LABELS_KEY] == "key-1"
+    expected = labels_from_logits(logits).numpy()
+    got = session.run(["labels"], {"image": x.numpy()})[0]
+    assert got.dtype == np.uint8 and 0.3 < expected.mean() < 0.7
+    assert_same_labels(got, expected, logits)
+
+
+def test_an_unwritable_cache_folder_exports_without_caching(
+    brats_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(brats_run, run, ignore=shutil.ignore_patterns("export"))
+    (run / "export").write_text("a file where the cache folder would go")
+    predictor = Predictor.from_run(run, runtime="ort")
+    assert predictor.runtime == "ort" and "; not cached, " in predictor.labeller.how
+    assert (run / "export").read_text() == "a file where the cache folder would go"

@@ -587,6 +587,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         force=args.force,
         progress=not args.quiet,
+        runtime=args.runtime,
         on_skip=report,
     )
     for path in result["written"]:
@@ -1168,6 +1169,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=32, help="slices per batch (32)")
     predict.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
     predict.add_argument("--force", action="store_true", help="replace existing masks")
+    predict.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "ort"),
+        default="auto",
+        help="auto (default): onnxruntime on the CPU when it is installed and the model "
+        "exports (the graph is cached in RUN/export/), else PyTorch; torch: eager PyTorch "
+        "(any device); ort: onnxruntime, CPU only",
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
 

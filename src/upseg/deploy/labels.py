@@ -3,8 +3,9 @@
 `add_label_output` takes an exported logits graph (upseg.deploy.export) and appends what a
 user runs after it: for a baseline (logits at r), a bilinear resize to R with the
 coordinates of torch's `align_corners=False` (ONNX Resize, mode "linear", "half_pixel", no
-antialiasing: the same as upseg.resize.stretch_logits); then ArgMax over the classes. The
-output "labels" is int64, as torch's argmax.
+antialiasing: the same as upseg.resize.stretch_logits); then ArgMax over the classes (or, on
+request, logit > 0 for a one-channel model, as upseg.metrics.labels_from_logits). The output
+"labels" is int64, as torch's argmax, or uint8 on request.
 """
 
 from __future__ import annotations
@@ -14,9 +15,19 @@ from pathlib import Path
 import numpy as np
 
 
-def add_label_output(src: str | Path, dst: str | Path, output_size: int) -> Path:
+def add_label_output(
+    src: str | Path,
+    dst: str | Path,
+    output_size: int,
+    uint8: bool = False,
+    binary: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write `dst`: the graph of `src` (one output, logits (B, Nc, s, s)) followed by a resize
-    to `output_size` (only when s differs) and ArgMax over axis 1."""
+    to `output_size` (only when s differs) and ArgMax over axis 1. `binary`: a one-channel
+    model's labels are logit > 0 (upseg.metrics.labels_from_logits) instead of ArgMax (0).
+    `uint8`: labels as uint8 instead of int64. `metadata`: key/value pairs stored in the
+    model's metadata_props."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -48,11 +59,35 @@ def add_label_output(src: str | Path, dst: str | Path, output_size: int) -> Path
             )
         )
         scores = "label_resize_logits"
-    graph.node.append(helper.make_node("ArgMax", [scores], ["labels"], axis=1, keepdims=0))
+    channels = dims[1].dim_value
+    labels_type = TensorProto.UINT8 if uint8 else TensorProto.INT64
+    if binary and channels == 1:  # one sigmoid channel: foreground where the logit is positive
+        zero = numpy_helper.from_array(np.zeros((), dtype=np.float32), "label_zero")
+        axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "label_channel_axis")
+        graph.initializer.extend([zero, axes])
+        graph.node.extend(
+            [
+                helper.make_node("Greater", [scores, zero.name], ["label_positive"]),
+                helper.make_node("Squeeze", ["label_positive", axes.name], ["label_foreground"]),
+                helper.make_node("Cast", ["label_foreground"], ["labels"], to=labels_type),
+            ]
+        )
+    elif uint8:
+        graph.node.extend(
+            [
+                helper.make_node("ArgMax", [scores], ["label_classes"], axis=1, keepdims=0),
+                helper.make_node("Cast", ["label_classes"], ["labels"], to=labels_type),
+            ]
+        )
+    else:
+        graph.node.append(helper.make_node("ArgMax", [scores], ["labels"], axis=1, keepdims=0))
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     batch = dims[0]
     labels = helper.make_tensor_value_info(
         "labels",
-        TensorProto.INT64,
+        labels_type,
         [batch.dim_param or batch.dim_value or None, output_size, output_size],
     )
     graph.ClearField("output")
