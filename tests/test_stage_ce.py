@@ -119,52 +119,21 @@ def test_usable_only_for_what_the_kernel_computes(kernel) -> None:
     assert not stage_ce.usable(windows, doubles, labels)
 
 
-@pytest.mark.parametrize("head", ["plain", "skip"])
-def test_a_head_model_trains_the_same_with_and_without_the_kernel(kernel, monkeypatch, head):
-    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        torch.manual_seed(3)
-        model = build("elunet", 2, 3, 16, 128, head=head).train()
-        for p in model.parameters():  # leave the exact nearest start
-            p.data.add_(0.05 * torch.randn_like(p))
-        x = torch.randn(2, 2, 16, 16)
-        mask = torch.randint(0, 3, (2, 128, 128), dtype=torch.uint8)
-        loss = MultiScaleLoss(3)(model(x), mask)
-        loss.backward()
-        return loss, {n: p.grad for n, p in model.named_parameters()}
-
-    calls = []
-    original = stage_ce.stage_cross_entropy
-    monkeypatch.setattr(
-        stage_ce, "stage_cross_entropy", lambda *a, **k: calls.append(k) or original(*a, **k)
-    )
-    native_loss, native_grads = step()
-    assert [c["through_conv"] for c in calls] == [False, False, True]  # the finest: through
-    monkeypatch.setattr(stage_ce, "usable", lambda *a: False)
-    torch_loss, torch_grads = step()
-    torch.testing.assert_close(native_loss, torch_loss, rtol=1e-5, atol=1e-6)
-    for name, grad in torch_grads.items():  # float32 sums in another order, through the backbone
-        error = (native_grads[name] - grad).abs().max()
-        assert error <= 1e-4 * grad.abs().max(), name
-
-
-@pytest.mark.parametrize(("output_size", "through"), [(32, [True]), (64, [False, True])])
-def test_a_features_head_trains_the_same_with_and_without_the_kernel(
-    kernel, monkeypatch, output_size: int, through: list[bool]
-) -> None:
-    """Stage 1 of a features head reads C_f = 8 channels (ELU-Net at base width 8), not Nc:
-    with one stage the kernel takes the gradient through that wide conv into the features."""
+def kernel_against_torch(monkeypatch, model, output_size: int) -> list[tuple[int, bool]]:
+    """One training step of `model()` (a fresh, perturbed model each call) with the kernel and
+    one without; loss and every gradient must agree. Returns the kernel's calls: (input
+    channels of the stage conv, whether it went through the conv)."""
 
     def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(3)
-        model = build("elunet", 2, 3, 16, output_size, head_input="features", base_width=8).train()
-        assert model.head.stages[0][0].in_channels == 8
-        for p in model.parameters():  # leave the start, where stage 1 copies the logit conv
+        net = model().train()
+        for p in net.parameters():  # leave the exact start
             p.data.add_(0.05 * torch.randn_like(p))
         x = torch.randn(2, 2, 16, 16)
         mask = torch.randint(0, 3, (2, output_size, output_size), dtype=torch.uint8)
-        loss = MultiScaleLoss(3)(model(x), mask)
+        loss = MultiScaleLoss(3)(net(x), mask)
         loss.backward()
-        return loss, {n: p.grad for n, p in model.named_parameters()}
+        return loss, {n: p.grad for n, p in net.named_parameters()}
 
     calls = []
     original = stage_ce.stage_cross_entropy
@@ -174,13 +143,37 @@ def test_a_features_head_trains_the_same_with_and_without_the_kernel(
         lambda *a, **k: calls.append((a[1].x.shape[1], k["through_conv"])) or original(*a, **k),
     )
     native_loss, native_grads = step()
-    assert [c[1] for c in calls] == through and calls[0][0] == 8  # stage 1 reads the features
     monkeypatch.setattr(stage_ce, "usable", lambda *a: False)
     torch_loss, torch_grads = step()
     torch.testing.assert_close(native_loss, torch_loss, rtol=1e-5, atol=1e-6)
-    for name, grad in torch_grads.items():
+    for name, grad in torch_grads.items():  # float32 sums in another order, through the backbone
         error = (native_grads[name] - grad).abs().max()
         assert error <= 1e-4 * grad.abs().max(), name
+    return calls
+
+
+@pytest.mark.parametrize("head", ["plain", "skip"])
+def test_a_head_model_trains_the_same_with_and_without_the_kernel(kernel, monkeypatch, head):
+    calls = kernel_against_torch(
+        monkeypatch, lambda: build("elunet", 2, 3, 16, 128, head=head), 128
+    )
+    assert [c[1] for c in calls] == [False, False, True]  # the finest: through its conv
+
+
+@pytest.mark.parametrize(("output_size", "through"), [(32, [True]), (64, [False, True])])
+def test_a_features_head_trains_the_same_with_and_without_the_kernel(
+    kernel, monkeypatch, output_size: int, through: list[bool]
+) -> None:
+    """Stage 1 of a features head reads C_f = 8 channels (ELU-Net at base width 8), not Nc:
+    with one stage the kernel takes the gradient through that wide conv into the features."""
+
+    def model() -> torch.nn.Module:
+        net = build("elunet", 2, 3, 16, output_size, head_input="features", base_width=8)
+        assert net.head.stages[0][0].in_channels == 8
+        return net
+
+    calls = kernel_against_torch(monkeypatch, model, output_size)
+    assert [c[1] for c in calls] == through and calls[0][0] == 8  # stage 1 reads the features
 
 
 def test_without_a_compiler_the_kernel_is_skipped_and_training_goes_on(monkeypatch, tmp_path):
