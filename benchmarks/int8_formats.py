@@ -25,7 +25,8 @@ import onnxruntime as ort
 import torch
 
 from upseg.deploy.export import export_onnx
-from upseg.deploy.machine import cpu_flags, default_threads
+from upseg.deploy.machine import cpu_flags
+from upseg.deploy.runtimes import available_cores, ort_session
 from upseg.models import build
 from upseg.sweep import parse_method
 
@@ -92,21 +93,12 @@ def quantize(fp32: Path, out: Path, shape: tuple[int, ...], variant: dict) -> No
     )
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="elunet")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20)
@@ -130,7 +122,9 @@ def main() -> None:
                 path = Path(folder) / f"{len(files)}-{size}.onnx"
                 quantize(fp32, path, (8, args.channels, size, size), variant)
                 files[name] = path
-            sessions = {name: session(path, args.threads) for name, path in files.items()}
+            sessions = {
+                name: ort_session(path, args.threads, spinning=True) for name, path in files.items()
+            }
             for batch in args.batches:
                 x = np.random.default_rng(1).standard_normal(
                     (batch, args.channels, size, size), dtype=np.float32

@@ -13,9 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-import numpy as np
-
-from upseg.metrics import HIGHER_IS_BETTER, compare_patients
+from upseg.metrics import HIGHER_IS_BETTER, compare_patients, summarise
 
 REPORTED = ("dice", "hd95", "nsd")  # per-patient metrics in the tables (Jaccard stays in CSV)
 
@@ -57,15 +55,11 @@ def summary_rows(results: list[dict]) -> list[dict]:
         patients = row_patients(mine)
         if not patients:
             continue
-        groups = next(iter(patients.values()))
-        for group in groups:
+        for group, metrics in summarise(patients).items():
             row = {"method": method, "input": r, "runs": len(mine), "group": group}
-            for metric in HIGHER_IS_BETTER:
-                values = np.array([p[group][metric] for p in patients.values()], np.float64)
-                values = values[~np.isnan(values)]
-                row["patients"] = max(row.get("patients", 0), int(values.size))
-                row[f"{metric}_mean"] = float(values.mean()) if values.size else math.nan
-                row[f"{metric}_median"] = float(np.median(values)) if values.size else math.nan
+            row["patients"] = max(v["n"] for v in metrics.values())
+            for metric, values in metrics.items():
+                row[f"{metric}_mean"], row[f"{metric}_median"] = values["mean"], values["median"]
             rows.append(row)
     return rows
 
@@ -95,10 +89,19 @@ def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:
     return rows
 
 
-def _value(metric: str, value: float) -> str:
+def score_text(metric: str, value: float) -> str:
+    """A per-patient score for a table: HD95 in pixels, the others in points of 100."""
     if math.isnan(value):
         return "–"
     return f"{value:.2f}" if metric == "hd95" else f"{100 * value:.1f}"
+
+
+def interval_text(row: dict) -> str:
+    """A paired row's mean difference and its interval."""
+    m = row["metric"]
+    return (
+        f"{score_text(m, row['mean'])} [{score_text(m, row['low'])}, {score_text(m, row['high'])}]"
+    )
 
 
 def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = None) -> str:
@@ -114,9 +117,9 @@ def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = 
     for row in summary:
         lines.append(
             f"| {row['method']} | {row['input']} | {row['runs']} | {row['group']} | "
-            f"{row['patients']} | {_value('dice', row['dice_mean'])} | "
-            f"{_value('dice', row['dice_median'])} | {_value('hd95', row['hd95_mean'])} | "
-            f"{_value('hd95', row['hd95_median'])} | {_value('nsd', row['nsd_mean'])} |"
+            f"{row['patients']} | {score_text('dice', row['dice_mean'])} | "
+            f"{score_text('dice', row['dice_median'])} | {score_text('hd95', row['hd95_mean'])} | "
+            f"{score_text('hd95', row['hd95_median'])} | {score_text('nsd', row['nsd_mean'])} |"
         )
     if paired:
         lines += [
@@ -132,7 +135,7 @@ def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = 
             m = row["metric"]
             lines.append(
                 f"| {row['method']} | {row['input']} | {row['group']} | {m} | {row['n']} | "
-                f"{_value(m, row['mean'])} [{_value(m, row['low'])}, {_value(m, row['high'])}] | "
+                f"{interval_text(row)} | "
                 f"{row['better']}/{row['n']} | {row['verdict']} |"
             )
     return "\n".join(lines) + "\n"

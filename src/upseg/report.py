@@ -12,6 +12,7 @@ from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
+from upseg.patient_report import interval_text, score_text
 from upseg.plots import qualitative_grid
 from upseg.resize import downsample_labels, stretch_logits
 from upseg.train import (
@@ -182,10 +183,6 @@ def nnunet_summary(scores: dict, tolerance: float) -> dict:
     }
 
 
-def _points(metric: str, value: float) -> str:
-    return f"{value:.2f} px" if metric == "hd95" else f"{100 * value:.1f}"
-
-
 def comparison_markdown(rows: list[dict], ours: str, theirs: str) -> str:
     """The paired comparison as a markdown table (Dice, Jaccard, NSD in points of 100)."""
     lines = [
@@ -198,12 +195,10 @@ def comparison_markdown(rows: list[dict], ours: str, theirs: str) -> str:
     ]
     for row in rows:
         m = row["metric"]
-        interval = (
-            f"{_points(m, row['mean'])} [{_points(m, row['low'])}, {_points(m, row['high'])}]"
-        )
         lines.append(
-            f"| {row['group']} | {m} | {row['n']} | {_points(m, row['ours'])} | "
-            f"{_points(m, row['theirs'])} | {interval} | {row['better']}/{row['n']} | "
+            f"| {row['group']} | {m} | {row['n']} | {score_text(m, row['ours'])} | "
+            f"{score_text(m, row['theirs'])} | {interval_text(row)} | "
+            f"{row['better']}/{row['n']} | "
             f"{row['verdict']} |"
         )
     return "\n".join(lines) + "\n"

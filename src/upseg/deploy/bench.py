@@ -55,7 +55,6 @@ from upseg.deploy.bench_runtimes import (
 from upseg.deploy.machine import (
     available_memory,
     compute_ceiling,
-    default_threads,
     load_average,
     machine_info,
     peak_rss,
@@ -63,6 +62,7 @@ from upseg.deploy.machine import (
     synchronizer,
     timed_ms,
 )
+from upseg.deploy.runtimes import available_cores
 from upseg.models import LowResSegmenter
 
 MODE_TITLES = {"forward": "forward", "e2e": "end-to-end"}
@@ -74,7 +74,6 @@ __all__ = [
     "BenchModel",
     "Runtime",
     "case_memory",
-    "default_threads",
     "load_bench_models",
     "register_runtime",
     "run_bench",
@@ -219,7 +218,7 @@ def run_bench(
         "max_memory": max_memory,
     }
     _check_settings(runtimes, device, batches, repeats, rounds, warmup, threads, sizes)
-    threads = threads or default_threads()
+    threads = threads or available_cores()
     budget = max_memory or int(MEMORY_SHARE * available_memory())
     entries, skipped = load_bench_models(
         methods, resolutions, output_size, in_channels, num_classes, backbone_kwargs, checkpoint

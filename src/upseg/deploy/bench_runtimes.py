@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from upseg.deploy.machine import cpu_bf16_support
+from upseg.deploy.runtimes import ort_session
 from upseg.models import LowResSegmenter
 from upseg.resize import stretch_logits
 
@@ -179,20 +180,12 @@ class OrtRuntime(Runtime):
         return ctx.cache[key]
 
     def session(self, entry: BenchModel, mode: str, ctx: BenchContext):
-        import onnxruntime as ort
 
         key = (self.name, "session", mode, id(entry.model))
         if key not in ctx.cache:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = ctx.threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
             path = self.model_file(entry, mode, ctx)
-            session = ort.InferenceSession(
-                str(path), options, providers=[self._provider(ctx.device)]
-            )
+            provider = self._provider(ctx.device)
+            session = ort_session(path, ctx.threads, spinning=True, provider=provider)
             ctx.cache[key] = session
             if mode == "e2e":
                 self.check_labels(session, entry, path, ctx)

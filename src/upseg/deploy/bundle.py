@@ -30,7 +30,6 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -40,21 +39,20 @@ from upseg.data.store import SliceStore
 from upseg.deploy.export import export_onnx
 from upseg.deploy.predict import (
     Predictor,
-    find_inputs,
-    write_nifti_mask,
-    write_png_mask,
+    segment,
 )
 from upseg.errors import TrainingError
+from upseg.io import temporary_sibling
 from upseg.models import LowResSegmenter
 from upseg.train import (
     EXECUTION_SETTINGS,
     LOCATION_SETTINGS,
     TrainConfig,
-    fold_patients,
     load_run,
     method_label,
     model_for,
     resolve_device,
+    split_patients,
     store_fingerprint,
 )
 
@@ -166,36 +164,24 @@ class BundleSegmenter:
             raise ValueError("no input: run the bundle with --input CASE_OR_FILE")
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
-        force = _flag(force, "force")
-        out = Path(output_dir)
-        jobs, problems = find_inputs(list(inputs), self.predictor.spec["format"], out)
-        skipped = [(error.path, error.problem) for error in problems]
-        written: list[str] = []
-        if jobs:
-            out.mkdir(parents=True, exist_ok=True)
-        for job in jobs:
-            if job.out.exists() and not force:
-                skipped.append((str(job.out), "exists; run with --force true to replace it"))
-                continue
-            try:
-                frames = self.predictor.read(job)
-                classes = self.predictor.classes(frames.images, self.batch_size)
-                labels = self.predictor.restore(classes, frames)
-                if frames.reference is not None:
-                    write_nifti_mask(labels, frames.reference, job.out)
-                else:
-                    write_png_mask(labels, job.out)
-            except DataError as error:
-                skipped.append((error.path, error.problem))
-                continue
-            written.append(str(job.out))
-            print(f"wrote {job.out}")
-        for path, problem in skipped:
-            print(f"error: {path}: {problem}", file=sys.stderr)
+        result = segment(
+            self.predictor,
+            list(inputs),
+            output_dir,
+            self.batch_size,
+            _flag(force, "force"),
+            progress=False,
+            force_hint="run with --force true to replace it",
+        )
+        for path in result["written"]:
+            print(f"wrote {path}")
+        skipped = result["skipped"]
+        for item in skipped:
+            print(f"error: {item['path']}: {item['problem']}", file=sys.stderr)
         if skipped:
-            path, problem = skipped[0]
-            raise DataError(path, f"{problem} ({len(skipped)} input(s) skipped)")
-        return written
+            first = skipped[0]
+            raise DataError(first["path"], f"{first['problem']} ({len(skipped)} input(s) skipped)")
+        return result["written"]
 
 
 def _flag(value: bool | str, name: str) -> bool:
@@ -232,25 +218,17 @@ def _version(package: str) -> str | None:
 
 
 def _store_facts(config: TrainConfig) -> dict:
-    """Patients of the run's store (from its manifest.json): {"name", "patients", "train",
-    "val"}; only the name when the store is not here or is not the one the run used."""
-    store = Path(config.store)
-    facts: dict = {"name": store.name, "patients": None, "train": None, "val": None}
+    """Patients of the run's store: {"name", "patients", "train", "val"}; only the name when
+    the store is not here or is not the one the run used."""
+    facts: dict = {"name": Path(config.store).name, "patients": None, "train": None, "val": None}
     try:
-        manifest = json.loads((store / "manifest.json").read_text())
-        ids = [p["id"] for p in manifest["patients"]]
-        if config.store_id and store_fingerprint(SimpleNamespace(manifest=manifest)) != (
-            config.store_id
-        ):
+        store = SliceStore(config.store)
+        if config.store_id and store_fingerprint(store) != config.store_id:
             return facts  # prepared again differently since: its counts would mislead
-        if config.folds:
-            val = fold_patients(ids, config.folds, config.fold, config.split_seed)
-            train = [i for i in ids if i not in set(val)]
-        else:
-            train, val = list(manifest["split"]["train"]), list(manifest["split"]["val"])
-    except (OSError, ValueError, KeyError, TypeError):
+        train, val = split_patients(config, store)
+    except (OSError, ValueError, KeyError, TypeError, DataError):
         return facts
-    facts.update(patients=len(ids), train=len(train), val=len(val))
+    facts.update(patients=len(store.patient_ids()), train=len(train), val=len(val))
     return facts
 
 
@@ -597,7 +575,7 @@ def write_bundle(
         "onnx": None,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    tmp = temporary_sibling(out_dir)
     old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)

@@ -13,7 +13,6 @@ import contextlib
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def default_threads() -> int:
-    """All cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from upseg.deploy.runtimes import available_cores, ort_session
 
 
 def cpu_flags() -> set[str]:
@@ -79,7 +72,7 @@ def machine_info(device: str, threads: int) -> dict[str, object]:
     info: dict[str, object] = {
         "cpu": cpu,
         "cpu_flags": [f for f in wanted if f in cpu_flags()],
-        "cores_available": default_threads(),
+        "cores_available": available_cores(),
         "memory_available_gb": round(available_memory() / 1e9, 1),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": cpu_bf16_support()[1],
@@ -199,8 +192,6 @@ def ort_conv_peak(
     threads: int, batch: int = 32, channels: int = 64, size: int = 128, warmup=2, repeats=5
 ) -> dict:
     """The conv of `conv_peak` as a one-node ONNX graph in onnxruntime (CPU)."""
-    import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.random.default_rng(0).standard_normal((channels, channels, 3, 3))
@@ -212,14 +203,7 @@ def ort_conv_peak(
         [numpy_helper.from_array(weight.astype(np.float32), "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="upseg-peak-") as folder:
-        path = Path(folder) / "conv.onnx"
-        onnx.save(model, str(path))
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(model.SerializeToString(), threads, spinning=True)
     x = np.random.default_rng(1).standard_normal((batch, channels, size, size), np.float32)
     gflop = 2 * batch * channels * channels * 9 * size * size / 1e9
     return {

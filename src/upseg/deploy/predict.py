@@ -605,6 +605,22 @@ def predict(
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     predictor = Predictor.from_run(run, checkpoint, device, runtime)
+    return segment(predictor, inputs, out, batch_size, force, progress, on_skip)
+
+
+def segment(
+    predictor: Predictor,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    batch_size: int = 32,
+    force: bool = False,
+    progress: bool = True,
+    on_skip: Callable[[str, str], None] | None = None,
+    force_hint: str = "pass --force to replace it",
+) -> dict:
+    """`predict`'s work once the predictor exists (the MONAI bundle runs it too): inputs
+    found, read, labelled, restored and written; returns as `predict` does.
+    `force_hint`: what the skip message of an existing mask tells the user to do."""
     out = Path(out)
     jobs, problems = find_inputs(inputs, predictor.spec["format"], out)
     skipped: list[dict] = []
@@ -628,7 +644,7 @@ def predict(
     bar = tqdm(jobs, desc=f"predict [{predictor.runtime}]", unit="input", disable=not progress)
     for job in bar:
         if job.out.exists() and not force:
-            skip(job.out, "exists; pass --force to replace it")
+            skip(job.out, f"exists; {force_hint}")
             continue
         bar.set_postfix_str(job.source.name)
         try:
@@ -660,6 +676,7 @@ __all__ = [
     "decision_margins",
     "find_inputs",
     "predict",
+    "segment",
     "write_nifti_mask",
     "write_png_mask",
 ]

@@ -27,13 +27,17 @@ def available_cores() -> int:
 
 
 def ort_session(
-    source: str | Path | bytes, threads: int | None = None, spinning: bool = False
+    source: str | Path | bytes,
+    threads: int | None = None,
+    spinning: bool = False,
+    provider: str = "CPUExecutionProvider",
 ) -> Any:
     """An onnxruntime CPU session for an ONNX file (or its bytes): `threads` intra-op threads
     (default: all available cores), one inter-op thread, sequential execution, all graph
     optimisations, warnings only. `spinning`: let idle pool threads spin for the next call;
     off by default, since between calls this process does single-threaded work (reading,
-    writing) that spinning threads would slow down, as they slow down other processes."""
+    writing) that spinning threads would slow down, as they slow down other processes.
+    `provider`: onnxruntime's execution provider (the bench times CUDA with it too)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -44,7 +48,7 @@ def ort_session(
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     model = source if isinstance(source, bytes) else str(source)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=[provider])
 
 
 @contextlib.contextmanager
