@@ -36,8 +36,16 @@ R, CLASSES, CHANNELS = 256, 4, 4
 
 
 def make_step(
-    r: int, head: str | None, batch: int, bf16: bool, channels_last: bool, layerwise: bool
+    r: int,
+    head: str | None,
+    batch: int,
+    bf16: bool,
+    channels_last: bool,
+    layerwise: bool,
+    compiled: bool = False,
 ):
+    """One training step of ELU-Net (+ head) on fixed random data, as a closure. `compiled`:
+    the forward pass and the loss go through torch.compile (inductor) as one function."""
     torch.manual_seed(0)
     model = build("elunet", CHANNELS, CLASSES, r, R if head else None, head=head).train()
     for module in model.modules():
@@ -54,11 +62,16 @@ def make_step(
     if head is None:
         mask = downsample_labels(mask, r).contiguous()
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
+    def forward_loss(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             outputs = model(x)
-        criterion([o.float() for o in outputs], mask).backward()
+        return criterion([o.float() for o in outputs], mask)
+
+    loss_of = torch.compile(forward_loss) if compiled else forward_loss
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(x, mask).backward()
         optimizer.step()
 
     return step

@@ -177,7 +177,7 @@ def test_a_run_directory_is_timed_at_its_own_sizes(tmp_path: Path) -> None:
     assert len(result["rows"]) == len(bench.MODES)
 
 
-def test_int8_runtime_runs_a_qdq_model_of_the_folded_export(tmp_path: Path) -> None:
+def test_int8_runtime_runs_the_quantised_model_of_the_folded_export(tmp_path: Path) -> None:
     import onnx
 
     model = build("elunet", 2, 3, 16, 64, head="plain", base_width=4).eval()
@@ -188,7 +188,7 @@ def test_int8_runtime_runs_a_qdq_model_of_the_folded_export(tmp_path: Path) -> N
     assert "DepthToSpace" in {n.op_type for n in fp32.graph.node}  # the folded head
     int8 = onnx.load(str(runtime.model_file(entry, "forward", ctx)))
     ops = {n.op_type for n in int8.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert {"QuantizeLinear", "DequantizeLinear", "QLinearConv"} <= ops  # QOperator form
     labels = runtime.prepare(entry, "e2e", 2, ctx)()[0]  # checked against its own logits
     assert labels.shape == (2, 64, 64) and labels.dtype == np.int64
     assert set(np.unique(labels)) <= {0, 1, 2}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ from upseg.deploy.quantize import (
     calibration_positions,
     int8_paths,
     quantize_export,
+    worst_patient_drop,
 )
 from upseg.report import run_dataset
 from upseg.train import TrainConfig, load_run, train
@@ -73,9 +75,14 @@ def test_int8_model_is_written_runnable_and_close_to_fp32(run: Path, exported) -
 
     graph = onnx.load(str(int8)).graph
     ops = Counter(node.op_type for node in graph.node)
-    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    assert ops["QLinearConv"] >= 20 and ops["QuantizeLinear"] > 0  # QOperator form
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= 20  # the convolutions' weights are stored as int8
+    initializers = {t.name: t for t in graph.initializer}
+    activation_zero_points = [
+        initializers[node.input[2]] for node in graph.node if node.op_type == "QuantizeLinear"
+    ]
+    assert all(t.data_type == onnx.TensorProto.UINT8 for t in activation_zero_points)
 
     store = _store(run)
     images = np.asarray(
@@ -94,6 +101,17 @@ def test_int8_model_is_written_runnable_and_close_to_fp32(run: Path, exported) -
         assert 0 <= report["fp32"][key] <= 1 and 0 <= report["int8"][key] <= 1
         assert report["change"][key] == pytest.approx(report["int8"][key] - report["fp32"][key])
     assert report["int8"]["written"] and not report["int8"]["forced"]
+    groups = [k for k in report["change"] if k.startswith("patient_dice_")]
+    assert groups and report["judged"]["score"] == "mean per-patient Dice"
+    drops = {k: report["fp32"][k] - report["int8"][k] for k in groups}
+    judged = "patient_dice_" + report["judged"]["group"]
+    assert report["judged"]["drop"] == pytest.approx(max(drops.values())) == drops[judged]
+    speed = report["speed"]
+    assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0
+    assert speed["speedup"] == pytest.approx(speed["fp32_ms"] / speed["int8_ms"])
+    assert speed["pays"] == (speed["speedup"] >= 1.5)
+    assert speed["advice"].startswith("deploy int8" if speed["pays"] else "deploy fp32")
+    assert report["quantization"]["format"] == "QOperator"
     assert report["validation"] == {"split": "val", "slices": 8, "patients": ["phantom_0_002"]}
     assert report["export"]["max_abs_diff"] < 1e-4
     for label in ("foreground Dice", "Jaccard (paper eq. 1)", "file size (KiB)"):
@@ -126,6 +144,17 @@ def test_calibration_uses_only_training_patients(run: Path, exported) -> None:
     assert reader.patients() == train_ids
 
 
+def test_worst_patient_drop_names_the_group_that_fell_most() -> None:
+    before = {"foreground_dice": 0.8, "patient_dice_WT": 0.90, "patient_dice_ET": 0.70}
+    after = {"foreground_dice": 0.5, "patient_dice_WT": 0.89, "patient_dice_ET": 0.68}
+    group, drop = worst_patient_drop(before, after)  # pooled Dice is not what is judged
+    assert group == "ET" and drop == pytest.approx(0.02)
+    nan_tc = {"patient_dice_TC": math.nan}
+    group, drop = worst_patient_drop({**before, **nan_tc}, {**after, **nan_tc})
+    assert group == "TC" and math.isnan(drop)
+    assert math.isnan(worst_patient_drop({"foreground_dice": 0.8}, {"foreground_dice": 0.8})[1])
+
+
 def test_calibration_positions_are_deterministic_and_spread() -> None:
     positions = calibration_positions(32, 8)
     np.testing.assert_array_equal(positions, calibration_positions(32, 8))
@@ -137,14 +166,23 @@ def test_calibration_positions_are_deterministic_and_spread() -> None:
 
 @pytest.fixture
 def worse_int8(monkeypatch) -> None:
-    """The int8 model (scored second) loses half a point of foreground Dice: refused."""
+    """The int8 model (scored second) loses 0.5 of foreground Dice, pooled and per patient in
+    every class: refused."""
     real, calls = quantize.score, []
 
     def score(*args, **kwargs) -> dict:
         summary = real(*args, **kwargs)
         calls.append(1)
         if len(calls) % 2 == 0:
-            summary = {**summary, "foreground_dice": summary["foreground_dice"] - 0.5}
+            patients = {
+                group: {**scores, "dice": {**scores["dice"], "mean": scores["dice"]["mean"] - 0.5}}
+                for group, scores in summary["patient_summary"].items()
+            }
+            summary = {
+                **summary,
+                "foreground_dice": summary["foreground_dice"] - 0.5,
+                "patient_summary": patients,
+            }
         return summary
 
     monkeypatch.setattr(quantize, "score", score)
@@ -157,7 +195,8 @@ def test_refused_int8_writes_nothing(run: Path, tmp_path: Path, worse_int8) -> N
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing written" in lines[0]
-    assert "fell by 0.5" in lines[0] and "--force-int8" in lines[0]
+    assert "per-patient Dice of" in lines[0] and "fell by 0.5" in lines[0]
+    assert "--force-int8" in lines[0]
     assert "foreground Dice" in result.stdout  # the table is still printed
     assert f"exported (not written) {out}" in result.stdout
     # no fp32 model, no int8 model, no report, no temporary file

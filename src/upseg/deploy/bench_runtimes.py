@@ -7,7 +7,7 @@
     PyTorch). End to end, the resize and argmax are nodes inside the ONNX graph
     (upseg.deploy.labels), so one session.run goes from image to labels; that graph is
     checked against PyTorch's labels too. A head runs folded (upseg.models.folded_head);
-  - ort-int8: the static int8 QDQ model of `upseg export --int8` (same weight settings),
+  - ort-int8: the static int8 model of `upseg export --int8` (same form and weight settings),
     calibrated on random inputs, since only its speed is measured here; its end-to-end graph
     is checked against its own logits.
 Each runtime turns (model, mode, batch) into a call that runs one batch; what it builds
@@ -235,7 +235,7 @@ class RandomCalibration:
 
 
 class OrtInt8Runtime(OrtRuntime):
-    """onnxruntime on the static int8 (QDQ) model that `upseg export --int8` writes, with the
+    """onnxruntime on the static int8 (QOperator) model that `upseg export --int8` writes, with the
     same weight settings (upseg.deploy.quantize), calibrated on random inputs: speed only.
     Its accuracy is what `export --int8` checks on a run's validation split."""
 
@@ -243,7 +243,7 @@ class OrtInt8Runtime(OrtRuntime):
 
     def unavailable(self, device: str) -> str | None:
         if device.startswith("cuda"):
-            return "int8 QDQ models are benchmarked on the CPU provider only"
+            return "int8 models are benchmarked on the CPU provider only"
         return super().unavailable(device)
 
     def forward_file(self, entry: BenchModel, ctx: BenchContext) -> Path:

@@ -1,16 +1,21 @@
 """Static int8 quantisation of a run's ONNX export, judged by its validation Dice at R.
 
-Files for `--out model.onnx`: model.onnx (fp32, from `export_onnx`), model.int8.onnx (QDQ:
-int8 weights, by default per output channel in a 7-bit range, and int8 activations) and
-model.int8.json (the report: fp32 against int8 on the validation split, the calibration
-slices).
+Files for `--out model.onnx`: model.onnx (fp32, from `export_onnx`), model.int8.onnx
+(onnxruntime's QOperator format: QLinearConv with int8 weights, by default per output channel
+in a 7-bit range, and uint8 activations) and model.int8.json (the report: fp32 against int8 on
+the validation split, both timed on this CPU, the calibration slices).
+
+Why that form: on x86 onnxruntime's fast int8 kernels multiply uint8 activations by int8
+weights; int8 activations kept int8 at fp32 speed, and QOperator ran 1.1x faster than the same
+model in QDQ form (docs/benchmarks.md, "int8: which onnxruntime form pays").
 
 Calibration feeds the quantiser's MinMax calibrator inputs at r made exactly as in training
 (`run_dataset`, the store's per-r cache) from the run's TRAINING patients only, so that the
 validation patients that judge the int8 model never set its ranges. Both ONNX models are
 scored with `upseg.evaluate.score` (logits stretched bilinearly to R for a baseline,
-confusion matrix at R); an int8 model whose foreground Dice is more than `max_dice_drop`
-below the fp32 model's is not written unless forced.
+confusion matrix at R, and per patient); an int8 model whose mean per-patient Dice, in any
+class or region, is more than `max_dice_drop` below the fp32 model's is not written unless
+forced.
 
 The three files are written together or not at all: every file is made under a temporary
 name first, and only an accepted (or forced) int8 model renames them into place. A refusal
@@ -23,7 +28,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +41,7 @@ from torch import Tensor, nn
 from upseg.data import LowResPairs, SliceStore
 from upseg.deploy.export import ExportError, export_onnx
 from upseg.deploy.outputs import check_output_file
+from upseg.deploy.runtimes import available_cores, ort_session
 from upseg.errors import DataError, TrainingError
 from upseg.evaluate import score
 from upseg.io import temporary_sibling, write_json
@@ -41,6 +49,8 @@ from upseg.report import run_dataset
 from upseg.train import TrainConfig, load_run, method_label, open_run_store
 
 CALIBRATION_BATCH = 8  # slices per calibration batch; MinMax ranges do not depend on it
+INT8_FORMATS = ("qoperator", "qdq")  # onnxruntime's two layouts of a quantised graph
+PAYS = 1.5  # int8 is worth deploying when it runs at least this much faster than fp32
 
 
 class CalibrationReader(Protocol):
@@ -118,13 +128,8 @@ class OnnxModel(nn.Module):
     -> logits as a float32 tensor."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         super().__init__()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads or torch.get_num_threads())
 
     def forward(self, x: Tensor) -> Tensor:
         image = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -137,10 +142,12 @@ def quantize_onnx(
     reader: CalibrationReader,
     per_channel: bool = True,
     reduce_range: bool | None = None,
+    form: str = "qoperator",
 ) -> None:
-    """fp32 ONNX -> QDQ int8 ONNX at `out` (written in place: callers write a temporary name
-    and rename it). The model is first prepared as onnxruntime recommends (shape inference,
-    constant folding, BatchNorm folded into the convolutions).
+    """fp32 ONNX -> int8 ONNX at `out` (written in place: callers write a temporary name
+    and rename it), uint8 activations and int8 weights, in `form` (one of INT8_FORMATS).
+    The model is first prepared as onnxruntime recommends (shape inference, constant
+    folding, BatchNorm folded into the convolutions).
 
     Per-channel weights are kept to 7 bits (onnxruntime's reduce_range): x86 CPUs without
     VNNI (AVX2 only) add pairs of uint8 x int8 products in int16, which saturates when the
@@ -156,6 +163,8 @@ def quantize_onnx(
         quantize_static,
     )
 
+    if form not in INT8_FORMATS:
+        raise ValueError(f"int8 form must be one of {', '.join(INT8_FORMATS)}, got {form!r}")
     quant_log = logging.getLogger()  # the quantiser logs through the root logger
     level = quant_log.level
     quant_log.setLevel(logging.ERROR)
@@ -167,10 +176,10 @@ def quantize_onnx(
                 str(prepared),
                 str(out),
                 reader,
-                quant_format=QuantFormat.QDQ,
+                quant_format=QuantFormat.QOperator if form == "qoperator" else QuantFormat.QDQ,
                 per_channel=per_channel,
                 reduce_range=per_channel if reduce_range is None else reduce_range,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
             )
@@ -179,8 +188,45 @@ def quantize_onnx(
 
 
 def _scores(summary: dict) -> dict[str, float]:
+    """Pooled scores, then the mean per-patient Dice of every class and region
+    ("patient_dice_<group>")."""
     keys = ("foreground_dice", "foreground_jaccard", "paper_dice", "paper_jaccard")
-    return {key: float(summary[key]) for key in keys}
+    scores = {key: float(summary[key]) for key in keys}
+    for group, metrics in summary["patient_summary"].items():
+        scores[f"patient_dice_{group}"] = float(metrics["dice"]["mean"])
+    return scores
+
+
+def worst_patient_drop(before: dict[str, float], after: dict[str, float]) -> tuple[str, float]:
+    """(group, drop) of the per-patient Dice that fell most from fp32 to int8; NaN drop when
+    a group's Dice is undefined (no group at all counts as undefined too)."""
+    drops = {
+        key.removeprefix("patient_dice_"): before[key] - after[key]
+        for key in before
+        if key.startswith("patient_dice_")
+    }
+    if not drops or any(math.isnan(d) for d in drops.values()):
+        undefined = [g for g, d in drops.items() if math.isnan(d)]
+        return (undefined[0] if undefined else "foreground", math.nan)
+    group = max(drops, key=drops.__getitem__)
+    return group, drops[group]
+
+
+def time_models(paths: dict[str, Path], image: np.ndarray, calls: int = 20) -> dict[str, float]:
+    """Median ms per forward of each model on `image`, the models' calls interleaved so that
+    a busy CPU slows both alike (3 warm-up calls each first)."""
+
+    sessions = {name: ort_session(path, spinning=True) for name, path in paths.items()}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(None, {"image": image})
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(calls):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, {"image": image})
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _patients(store: SliceStore, indices: np.ndarray) -> list[str]:
@@ -197,6 +243,7 @@ def quantize_export(
     max_dice_drop: float = 0.01,
     force: bool = False,
     per_channel: bool = True,
+    form: str = "qoperator",
     batch_size: int | None = None,
     progress: bool = False,
     export_record: dict | None = None,
@@ -207,9 +254,11 @@ def quantize_export(
     `staged_fp32`: a temporary file holding the fp32 model, renamed to `fp32` only together
     with the int8 model (`fp32` itself is then not read).
 
-    Returns the report. Raises Int8RefusedError, writing nothing (the files already at the
-    three paths stay as they were), when int8 foreground Dice is more than `max_dice_drop`
-    (0.01 = one point) below fp32, or undefined, unless `force`.
+    Returns the report; its "speed" part times both models at batch 1 on this CPU and says
+    whether int8 pays (at least PAYS x fp32). Raises Int8RefusedError, writing nothing (the
+    files already at the three paths stay as they were), when the mean per-patient Dice of
+    any class or region is more than `max_dice_drop` (0.01 = one point) below fp32's, or
+    undefined, unless `force`.
     """
     import onnxruntime as ort
 
@@ -226,16 +275,23 @@ def quantize_export(
     reader = SliceCalibration(train_data, positions)
     tmp, report_tmp = temporary_sibling(int8_path), temporary_sibling(report_path)
     try:
-        quantize_onnx(source, tmp, reader, per_channel)
+        quantize_onnx(source, tmp, reader, per_channel, form=form)
         batch = batch_size or config.batch_size
         results = {}
         for name, path in (("fp32", source), ("int8", tmp)):
             results[name] = score(
-                OnnxModel(path), val_data, store.class_names, batch, progress=progress
+                OnnxModel(path),
+                val_data,
+                store.class_names,
+                batch,
+                progress=progress,
+                per_patient=True,
             )
         before, after = _scores(results["fp32"]), _scores(results["int8"])
-        drop = before["foreground_dice"] - after["foreground_dice"]
+        group, drop = worst_patient_drop(before, after)
         accepted = drop <= max_dice_drop  # False for NaN: an undefined Dice cannot pass
+        speed = time_models({"fp32": source, "int8": tmp}, val_data[0]["image"][None].numpy())
+        speedup = speed["fp32"] / speed["int8"]
         report = {
             "run": str(run),
             "checkpoint": checkpoint,
@@ -254,12 +310,24 @@ def quantize_export(
             },
             "change": {key: after[key] - before[key] for key in before},
             "max_dice_drop": max_dice_drop,
+            "judged": {"score": "mean per-patient Dice", "group": group, "drop": drop},
+            "speed": {
+                "batch": 1,
+                "fp32_ms": speed["fp32"],
+                "int8_ms": speed["int8"],
+                "speedup": speedup,
+                "pays": bool(speedup >= PAYS),
+                "advice": "deploy int8"
+                if speedup >= PAYS
+                else f"deploy fp32: int8 runs {speedup:.2f}x fp32 here, under {PAYS}x",
+                "threads": available_cores(),
+            },
             "quantization": {
-                "format": "QDQ",
+                "format": {"qoperator": "QOperator", "qdq": "QDQ"}[form],
                 "weights": "int8 per output channel, 7-bit range"
                 if per_channel
                 else "int8 per tensor",
-                "activations": "int8 per tensor",
+                "activations": "uint8 per tensor",
                 "calibration_method": "MinMax",
             },
             "calibration": {
@@ -278,11 +346,12 @@ def quantize_export(
         if export_record is not None:
             report["export"] = export_record
         if not accepted and not force:
+            key = f"patient_dice_{group}"
             reason = (
-                "foreground Dice is undefined on the validation split"
+                f"per-patient Dice of {group} is undefined on the validation split"
                 if math.isnan(drop)
-                else f"foreground Dice fell by {drop:.4f} > {max_dice_drop:g} "
-                f"({before['foreground_dice']:.4f} -> {after['foreground_dice']:.4f})"
+                else f"per-patient Dice of {group} fell by {drop:.4f} > {max_dice_drop:g} "
+                f"({before[key]:.4f} -> {after[key]:.4f})"
             )
             report["int8"]["refused"] = reason
             raise Int8RefusedError(
