@@ -203,3 +203,26 @@ def test_empty_modality(case: Path) -> None:
     write_nifti(case / "Brats18_X_1_t1ce.nii.gz", np.zeros(BRATS_SHAPE, np.int16))
     message = read_error(case)
     assert "Brats18_X_1_t1ce.nii.gz: every voxel is zero" in message
+
+
+@pytest.mark.parametrize("size", [16, 8])  # padded, and cropped
+def test_framed_slices_equal_the_whole_volume_z_scored_then_framed(size: int) -> None:
+    from upseg.data.brats import brain_mask, framed_slices
+    from upseg.data.volume import pad_or_crop, zscore
+
+    rng = np.random.default_rng(0)
+    volumes = [rng.integers(0, 3000, (12, 12, 7)).astype(np.int16) for _ in range(3)]
+    for k, volume in enumerate(volumes):
+        volume[:2] = 0  # outside the brain in every modality...
+        volume[5, 5, :] = 0 if k else 17  # ...or in some only
+    volumes.append(np.full((12, 12, 7), 5, dtype=np.int16))  # constant: std 0
+    brain = brain_mask(volumes)
+    np.testing.assert_array_equal(brain, np.logical_or.reduce([v != 0 for v in volumes]))
+    keep = np.array([1, 4, 6])
+    frames, offsets = framed_slices(volumes, brain, keep, size)
+    whole = np.stack([zscore(v, brain) for v in volumes])  # (C, X, Y, Z), every slice
+    expected, expected_offsets = pad_or_crop(np.moveaxis(whole[..., keep], -1, 0), size)
+    assert frames.dtype == np.float32 and frames.shape == (3, 4, size, size)
+    assert offsets == expected_offsets
+    np.testing.assert_array_equal(frames, expected)  # bit for bit: stores stay as they were
+    assert not frames[:, 3].any()  # (5 - 5) / 1 inside the brain, 0 outside

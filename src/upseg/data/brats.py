@@ -16,7 +16,7 @@ import numpy as np
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
-from upseg.data.volume import check_size, load_nifti, map_labels, pad_or_crop, zscore
+from upseg.data.volume import check_size, load_nifti, map_labels, pad_or_crop, zscore_stats
 from upseg.metrics import BRATS_CLASSES
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -33,19 +33,30 @@ def modality_file(case_dir: Path, suffix: str) -> Path | None:
     return None
 
 
-def normalise(volumes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Modality volumes (X, Y, Z) each -> z-scored images (C, X, Y, Z) float32 and the brain
-    mask (X, Y, Z): voxels where any of the given modalities is non-zero."""
-    brain = np.zeros(volumes[0].shape, dtype=bool)
-    for volume in volumes:
+def brain_mask(volumes: list[np.ndarray]) -> np.ndarray:
+    """(X, Y, Z) voxels where any of the modality volumes is non-zero."""
+    brain = volumes[0] != 0
+    for volume in volumes[1:]:
         brain |= volume != 0
-    return np.stack([zscore(v, brain) for v in volumes]), brain
+    return brain
 
 
-def frame_slices(images: np.ndarray, keep: np.ndarray, size: int) -> tuple[np.ndarray, list[int]]:
-    """Axial slices `keep` of (C, X, Y, Z) images -> (N, C, size, size) centred in the frame,
-    and the [top, left] offsets of pad_or_crop."""
-    return pad_or_crop(np.moveaxis(images[..., keep], -1, 0), size)
+def framed_slices(
+    volumes: list[np.ndarray], brain: np.ndarray, keep: np.ndarray, size: int
+) -> tuple[np.ndarray, list[int]]:
+    """Axial slices `keep` of each modality, z-scored over the brain (statistics over the
+    whole volume, 0 outside the brain) and centred in a size x size frame: (N, C, size, size)
+    float32 and the [top, left] offsets of pad_or_crop. Only the kept slices are normalised,
+    each modality straight into its place in the frame."""
+    frames = np.zeros((len(keep), len(volumes), size, size), dtype=np.float32)
+    inside = brain[..., keep]
+    offsets: list[int] = []
+    for channel, volume in enumerate(volumes):
+        mean, divisor = zscore_stats(volume, brain)
+        part = (volume[..., keep].astype(np.float32) - mean) / divisor
+        part[~inside] = 0.0
+        frames[:, channel], offsets = pad_or_crop(np.moveaxis(part, -1, 0), size)
+    return frames, offsets
 
 
 def check_volumes(
@@ -175,7 +186,7 @@ class BratsReader:
         volumes = [load_nifti(paths[name])[0] for name in self.modalities]
         check_volumes(volumes, seg, [paths[name] for name in self.modalities], paths["seg"])
         classes = map_labels(seg, LABEL_TO_CLASS, paths["seg"])
-        images, brain = normalise(volumes)
+        brain = brain_mask(volumes)
         check_crop(classes, brain, self.size, paths["seg"], case_dir)
         if self.slices == "brain":
             keep = np.flatnonzero(brain.any(axis=(0, 1)))
@@ -183,7 +194,7 @@ class BratsReader:
             keep = np.flatnonzero(classes.any(axis=(0, 1)))
         else:
             keep = np.arange(seg.shape[2])
-        images, offsets = frame_slices(images, keep, self.size)
+        images, offsets = framed_slices(volumes, brain, keep, self.size)
         masks, _ = pad_or_crop(np.moveaxis(classes[..., keep], -1, 0), self.size)
         return Case(
             patient_id=case_dir.name,

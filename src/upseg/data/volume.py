@@ -44,14 +44,22 @@ def check_size(size: object) -> int:
     return int(size)
 
 
+def zscore_stats(volume: np.ndarray, where: np.ndarray | None = None) -> tuple[float, float]:
+    """(mean, divisor) of `zscore`: the float32 mean and std over the voxels in `where` (all
+    if None); the divisor is 1 where the std is 0, and (0, 1) when there are no voxels."""
+    values = volume.astype(np.float32, copy=False)
+    if where is not None:
+        values = volume[where].astype(np.float32, copy=False)
+    if values.size == 0:
+        return 0.0, 1.0
+    std = float(values.std())
+    return float(values.mean()), std if std > 0 else 1.0
+
+
 def zscore(volume: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """(volume - mean) / std over the voxels in `where` (all if None); 0 outside `where`."""
-    volume = volume.astype(np.float32, copy=False)
-    values = volume if where is None else volume[where]
-    if values.size == 0:
-        return np.zeros_like(volume)
-    mean, std = float(values.mean()), float(values.std())
-    out = (volume - mean) / (std if std > 0 else 1.0)
+    mean, divisor = zscore_stats(volume, where)
+    out = (volume.astype(np.float32, copy=False) - mean) / divisor
     if where is not None:
         out[~where] = 0.0
     return out

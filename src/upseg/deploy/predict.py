@@ -350,12 +350,12 @@ class Predictor:
         else:
             volumes, reference = self._read_volume(job.source), job.source
         if fmt == "brats":
-            images, brain = brats.normalise(volumes)
+            brain = brats.brain_mask(volumes)
             if self.spec["options"].get("slices") == "all":
-                positions = np.arange(images.shape[-1])
+                positions = np.arange(brain.shape[-1])
             else:  # slices without brain are background; training saw none of them
                 positions = np.flatnonzero(brain.any(axis=(0, 1)))
-            frames, offsets = brats.frame_slices(images, positions, self.size)
+            frames, offsets = brats.framed_slices(volumes, brain, positions, self.size)
             shape = volumes[0].shape
             cut = brats.outside_frame(brain, self.size)
             if cut:  # the model sees only its frame: say so instead of a silent background

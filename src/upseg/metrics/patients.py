@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
 from upseg.metrics.confusion import BRATS_CLASSES, BRATS_REGIONS
 
@@ -52,6 +51,9 @@ def patient_scores(
 ) -> dict[str, dict[str, float]]:
     """prediction, truth: (S, R, R) class indices of one patient. Returns, per group,
     dice, jaccard, hd95, nsd and the voxel counts n_ref and n_pred (as nnU-Net's summary)."""
+    # imported here: MONAI takes seconds to import, and predict or export never need it
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
     prediction, truth = torch.as_tensor(np.asarray(prediction)), torch.as_tensor(np.asarray(truth))
     if prediction.shape != truth.shape or prediction.dim() != 3:
         raise ValueError(
