@@ -6,13 +6,18 @@ For every input size and batch, each variant's forward time (median of interleav
 fresh random weights: speed only, accuracy is `upseg export --int8`'s job) is printed with its
 speed-up over fp32. Calibration uses random normal images.
 
+--ops prints instead, for fp32 and upseg's int8 form, the share of each operator type in
+onnxruntime's own profile (10 calls): where the time goes, and what stays in float.
+
 usage: python benchmarks/int8_formats.py [--method elunet] [--sizes 64 128 256]
-       [--batches 1 8] [--threads 2] [--repeats 20] [--rounds 4]
+       [--batches 1 8] [--threads 2] [--repeats 20] [--rounds 4] [--ops]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import logging
 import statistics
 import tempfile
@@ -30,6 +35,7 @@ from upseg.deploy.runtimes import available_cores, ort_session
 from upseg.models import build
 from upseg.sweep import parse_method
 
+UPSEG_FORM = "QOperator u8s8 per-channel 7-bit"  # what `upseg export --int8` writes
 VARIANTS = {  # name -> quantize_static settings
     "QDQ s8s8 per-channel 7-bit": {"fmt": "QDQ", "act": "s8", "per_channel": True, "reduce": True},
     "QDQ s8s8 per-tensor": {"fmt": "QDQ", "act": "s8", "per_channel": False, "reduce": False},
@@ -41,6 +47,7 @@ VARIANTS = {  # name -> quantize_static settings
         "per_channel": True,
         "reduce": False,
     },
+    UPSEG_FORM: {"fmt": "QOperator", "act": "u8", "per_channel": True, "reduce": True},
     "QOperator u8s8 per-tensor": {
         "fmt": "QOperator",
         "act": "u8",
@@ -93,6 +100,27 @@ def quantize(fp32: Path, out: Path, shape: tuple[int, ...], variant: dict) -> No
     )
 
 
+def print_op_shares(name: str, path: Path, image: np.ndarray, threads: int) -> None:
+    """Milliseconds per call and share of each operator type, from onnxruntime's profiler."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    calls = 10
+    for _ in range(calls):
+        session.run(None, {"image": image})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_op[event["args"]["op_name"]] += event["dur"]
+    total = sum(per_op.values())
+    print(f"  {name}: {total / calls / 1000:.1f} ms per call in operators")
+    for op, micros in per_op.most_common(8):
+        print(f"    {op:24s} {micros / calls / 1000:8.2f} ms {100 * micros / total:5.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="elunet")
@@ -103,6 +131,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--ops", action="store_true", help="operator shares instead of timings")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     torch.manual_seed(0)
@@ -118,7 +147,8 @@ def main() -> None:
             fp32 = Path(folder) / f"fp32-{size}.onnx"
             export_onnx(model, fp32)
             files = {"fp32": fp32}
-            for name, variant in VARIANTS.items():
+            variants = {UPSEG_FORM: VARIANTS[UPSEG_FORM]} if args.ops else VARIANTS
+            for name, variant in variants.items():
                 path = Path(folder) / f"{len(files)}-{size}.onnx"
                 quantize(fp32, path, (8, args.channels, size, size), variant)
                 files[name] = path
@@ -129,6 +159,11 @@ def main() -> None:
                 x = np.random.default_rng(1).standard_normal(
                     (batch, args.channels, size, size), dtype=np.float32
                 )
+                if args.ops:
+                    print(f"\n{args.method} at {size}, batch {batch}:")
+                    for name, path in files.items():
+                        print_op_shares(name, path, x, args.threads)
+                    continue
                 calls = {
                     n: (lambda s=s, x=x: s.run(None, {"image": x})) for n, s in sessions.items()
                 }
@@ -146,7 +181,7 @@ def main() -> None:
                             times[name].append(1000 * (time.perf_counter() - start))
                 base = statistics.median(times["fp32"])
                 print(f"\n{args.method} at {size}, batch {batch}: fp32 {base:.2f} ms")
-                for name in VARIANTS:
+                for name in variants:
                     median = statistics.median(times[name])
                     print(f"  {name:38s} {median:8.2f} ms  {base / median:5.2f}x fp32")
 
