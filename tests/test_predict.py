@@ -442,7 +442,7 @@ def test_runtime_names_and_export_failures(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("exporter says no")
 
-    monkeypatch.setattr("upseg.deploy.export.export_onnx", broken)
+    monkeypatch.setattr("upseg.deploy.export.write_onnx", broken)
     assert predict(run, [case], tmp_path / "fallback", runtime="auto")["runtime"] == "torch"
     err = capsys.readouterr().err
     assert "predict: runtime torch (eager PyTorch, " in err

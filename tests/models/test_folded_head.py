@@ -158,3 +158,39 @@ def test_fold_model_of_a_features_model_matches_it() -> None:
         ends = folded.forward_all(x)
     assert [o.shape for o in ends] == [stages[0], stages[-1]]
     torch.testing.assert_close(ends[0], model.forward_all(x)[0])  # the logits at r
+
+
+def _margins(logits: torch.Tensor) -> torch.Tensor:
+    """Per pixel: how far the winning class is ahead of the runner-up (one channel: |logit|)."""
+    if logits.shape[1] == 1:
+        return logits[:, 0].abs()
+    top = logits.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "num_stages", "skip", "width"),
+    [(1, 2, False, None), (2, 3, False, None), (4, 4, True, None), (4, 2, False, 6)],
+)
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (3, 5), (16, 16)])
+def test_folded_labels_are_the_argmax_of_the_stages(num_classes, num_stages, skip, width, size):
+    """FoldedHead.labels (channels-last, argmax before depth-to-space) gives the labels of the
+    head's own output: argmax over classes, logit > 0 for one channel."""
+    if width is None:
+        head, x, logits = _random_head(num_classes, num_stages, skip, "pytorch"), None, None
+        x = 3 * torch.randn(2, num_classes, *size)
+        with torch.no_grad():
+            expected = head(x)[-1]
+    else:
+        head = _random_features_head(num_classes, num_stages, width)
+        x, logits = torch.randn(2, width, *size), torch.randn(2, num_classes, *size)
+        with torch.no_grad():
+            expected = head(x, logits)[-1]
+    with torch.no_grad():
+        got = fold_head(head).labels(x)
+    scale = 2**num_stages
+    assert got.shape == (2, size[0] * scale, size[1] * scale) and got.dtype == torch.int64
+    truth = expected.argmax(1) if num_classes > 1 else (expected[:, 0] > 0).long()
+    differ = got != truth
+    assert differ.float().mean() < 0.01  # only near-ties may go either way...
+    assert (_margins(expected)[differ] < 1e-4 * expected.abs().max()).all()  # ...and are ties

@@ -4,9 +4,10 @@
     natively (a CPU with AVX512-BF16 or AMX, a GPU with bf16); elsewhere skipped with the
     reason, since emulated bf16 measures the emulation;
   - ort-fp32: onnxruntime on a file written by upseg.deploy.export.export_onnx (checked against
-    PyTorch). End to end, the resize and argmax are nodes inside the ONNX graph
-    (upseg.deploy.labels), so one session.run goes from image to labels; that graph is
-    checked against PyTorch's labels too. A head runs folded (upseg.models.folded_head);
+    PyTorch). End to end it runs the labels graph that predict runs
+    (upseg.deploy.labels.export_labels), so one session.run goes from image to labels; that
+    graph is checked against PyTorch's labels too. A head runs folded
+    (upseg.models.folded_head);
   - ort-int8: the static int8 model of `upseg export --int8` (same form and weight settings),
     calibrated on random inputs, since only its speed is measured here; its end-to-end graph
     is checked against its own logits.
@@ -165,19 +166,22 @@ class OrtRuntime(Runtime):
         return ctx.cache[key]
 
     def model_file(self, entry: BenchModel, mode: str, ctx: BenchContext) -> Path:
-        """The ONNX file this runtime runs in `mode` (e2e: forward + resize + argmax)."""
-        from upseg.deploy.labels import add_label_output
-
+        """The ONNX file this runtime runs in `mode` (e2e: image to labels at R)."""
         forward = self.forward_file(entry, ctx)
         if mode == "forward":
             return forward
         key = (self.name, "onnx-e2e", id(entry.model))
         if key not in ctx.cache:
-            path = add_label_output(
-                forward, forward.with_name(f"{forward.stem}-e2e.onnx"), entry.output_size
-            )
-            ctx.cache[key] = path
+            path = forward.with_name(f"{forward.stem}-e2e.onnx")
+            ctx.cache[key] = self.e2e_file(entry, forward, path)
         return ctx.cache[key]
+
+    def e2e_file(self, entry: BenchModel, forward: Path, path: Path) -> Path:
+        """The labels graph that predict runs (upseg.deploy.labels.export_labels) at `path`;
+        `forward`: this runtime's logits graph."""
+        from upseg.deploy.labels import export_labels
+
+        return export_labels(entry.model, path, entry.output_size)
 
     def session(self, entry: BenchModel, mode: str, ctx: BenchContext):
 
@@ -256,6 +260,12 @@ class OrtInt8Runtime(OrtRuntime):
             quantize_onnx(fp32, path, RandomCalibration(entry))
             ctx.cache[key] = path
         return ctx.cache[key]
+
+    def e2e_file(self, entry: BenchModel, forward: Path, path: Path) -> Path:
+        """The int8 logits graph followed by resize + argmax (upseg.deploy.labels)."""
+        from upseg.deploy.labels import add_label_output
+
+        return add_label_output(forward, path, entry.output_size)
 
     def check_labels(self, session, entry: BenchModel, path: Path, ctx: BenchContext) -> None:
         forward = self.session(entry, "forward", ctx)

@@ -31,6 +31,34 @@ class ExportError(TrainingError):
     """The exported model does not reproduce PyTorch."""
 
 
+def write_onnx(
+    module: torch.nn.Module, example: torch.Tensor, path: str | Path, output: str, opset: int = 18
+) -> None:
+    """torch.onnx.export of `module` (forward(x), x batch-first) to `path` with a dynamic
+    batch, input "image" and one output named `output`, the exporter kept quiet."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # the exporter narrates each step otherwise
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                path,
+                input_names=["image"],
+                output_names=[output],
+                dynamic_shapes={"x": {0: batch}},
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+
+
 def export_onnx(
     model: LowResSegmenter,
     path: str | Path,
@@ -52,28 +80,8 @@ def export_onnx(
     size = model.input_size
     example = torch.randn(2, in_channels, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # the exporter narrates each step otherwise
     with atomic_path(path) as tmp:  # any failure (or Ctrl-C) removes the temporary file
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    fold_model(model) if fold else model,
-                    (example,),
-                    tmp,
-                    input_names=["image"],
-                    output_names=["logits"],
-                    dynamic_shapes={"x": {0: batch}},
-                    dynamo=True,
-                    external_data=False,
-                    opset_version=opset,
-                    verbose=False,
-                )
-            finally:
-                exporter_log.setLevel(level)
+        write_onnx(fold_model(model) if fold else model, example, tmp, "logits", opset)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         worst, generator = 0.0, torch.Generator().manual_seed(0)
         for b in (1, 3):

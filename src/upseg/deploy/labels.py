@@ -1,5 +1,10 @@
 """ONNX graphs that end in the label mask: image (B, C, r, r) in, labels (B, R, R) out.
 
+`export_labels` writes one for any model. A model with a head is exported through
+`FoldedLabels` (the folded head's channels-last form that argmaxes before it moves anything,
+upseg.models.folded_head.FoldedHead.labels); a baseline, or a head too large to fold, is
+exported as logits and completed by `add_label_output`.
+
 `add_label_output` takes an exported logits graph (upseg.deploy.export) and appends what a
 user runs after it: for a baseline (logits at r), a bilinear resize to R with the
 coordinates of torch's `align_corners=False` (ONNX Resize, mode "linear", "half_pixel", no
@@ -10,9 +15,65 @@ request, logit > 0 for a one-channel model, as upseg.metrics.labels_from_logits)
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor, nn
+
+from upseg.models import LowResSegmenter
+from upseg.models.folded_head import FoldedHead, fold_model
+
+
+class FoldedLabels(nn.Module):
+    """A LowResSegmenter with a folded head as image (B, C, r, r) -> labels (B, R, R), int64
+    or uint8: the backbone, then FoldedHead.labels."""
+
+    def __init__(self, folded: LowResSegmenter, uint8: bool = False) -> None:
+        super().__init__()
+        if not isinstance(folded.head, FoldedHead):
+            raise ValueError("FoldedLabels needs a model whose head is folded (fold_model)")
+        self.backbone, self.head = folded.backbone, folded.head
+        self.uint8 = uint8
+
+    def forward(self, x: Tensor) -> Tensor:
+        labels = self.head.labels(self.backbone(x))
+        return labels.to(torch.uint8) if self.uint8 else labels
+
+
+def export_labels(
+    model: LowResSegmenter,
+    dst: str | Path,
+    output_size: int,
+    uint8: bool = False,
+    binary: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write `dst`: image at r -> "labels" at `output_size` (see the module docstring for the
+    two forms). `uint8`, `binary`, `metadata`: as add_label_output (a folded head's
+    one-channel labels are always logit > 0). Not checked here: callers compare the labels
+    with PyTorch's (upseg.deploy.predict.check_labels)."""
+    from upseg.deploy.export import export_onnx, write_onnx
+
+    model = model.eval()
+    folded = fold_model(model)
+    dst = Path(dst)
+    head = getattr(folded, "head", None)
+    if not isinstance(head, FoldedHead) or output_size != model.output_size:
+        with tempfile.TemporaryDirectory(prefix="upseg-labels-") as work:
+            logits = export_onnx(model, Path(work) / "logits.onnx")["path"]
+            return add_label_output(logits, dst, output_size, uint8, binary, metadata)
+    import onnx
+
+    r, channels = model.input_size, int(model.in_channels)
+    write_onnx(FoldedLabels(folded, uint8), torch.randn(2, channels, r, r), dst, "labels")
+    graph = onnx.load(str(dst))
+    for key, value in (metadata or {}).items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(dst))
+    return dst
 
 
 def add_label_output(

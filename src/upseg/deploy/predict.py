@@ -57,7 +57,7 @@ RUNTIMES = ("auto", "torch", "ort")
 # CPU, with the same masks; a Predictor built directly stays on PyTorch unless asked.
 DEFAULT_RUNTIME = "auto"
 # Bump when the labels graph changes: cached graphs made before are then exported again.
-LABELS_GRAPH = "upseg-labels-1"
+LABELS_GRAPH = "upseg-labels-2"  # 2: a folded head argmaxes channels-last
 LABELS_KEY = "upseg.labels_key"  # the cache key in the ONNX file's metadata_props
 # Where onnxruntime's labels may differ from PyTorch's: only where the two best classes (one
 # channel: the logit and 0) are this close in PyTorch's logits; float rounding decides there.
@@ -171,14 +171,11 @@ def labels_session(
                 return session, cache, f"cached {cache}"
         except Exception:  # a damaged or foreign file: export again over it
             pass
-    from upseg.deploy.export import export_onnx
-    from upseg.deploy.labels import add_label_output
+    from upseg.deploy.labels import export_labels
 
     with tempfile.TemporaryDirectory(prefix="upseg-predict-") as work:
-        logits = export_onnx(model, Path(work) / "logits.onnx")["path"]
-        metadata = {LABELS_KEY: key}
         labels = Path(work) / "labels.onnx"
-        add_label_output(logits, labels, size, uint8=True, binary=True, metadata=metadata)
+        export_labels(model, labels, size, uint8=True, binary=True, metadata={LABELS_KEY: key})
         session = ort_session(labels)
         check_labels(session, model, size)
         if cache is None:

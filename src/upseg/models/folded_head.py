@@ -101,6 +101,37 @@ class FoldedHead(nn.Module):
         finest = F.pixel_shuffle(torch.cat(rows, 2), 2**self.num_stages)
         return [x if logits is None else logits, finest]
 
+    def labels(self, x: Tensor) -> Tensor:
+        """(B, Cin, h, w) head input -> (B, h S, w S) int64 class indices of Y_m: argmax over
+        the classes (logit > 0 for one channel), as from `forward`, up to float rounding.
+
+        The same nine region convolutions, computed channels-last: each block's 9 Cin input
+        values (im2col) times a (9 Cin, S^2 Nc) matrix whose columns run over (u, v, class),
+        so the regions join along rows and columns of whole S^2 Nc vectors, the argmax reads
+        the classes side by side, and only the labels are moved to their (h S, w S) places.
+        onnxruntime runs this far faster than the convolutions plus a depth-to-space of the
+        logits (docs/benchmarks.md)."""
+        batch, channels, height, width = x.shape
+        scale, classes = 2**self.num_stages, self.num_classes
+        padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (B, h + 2, w + 2, Cin)
+        patches = torch.cat(
+            [padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)],
+            dim=3,
+        )  # (B, h, w, 9 Cin), ordered (dy, dx, channel)
+        rows = []
+        for top, bottom, row_kind in _segments(height):
+            pieces = []
+            for left, right, col_kind in _segments(width):
+                key = f"{row_kind}{col_kind}"
+                weight = getattr(self, f"weight_{key}").view(classes, scale, scale, channels, 3, 3)
+                matrix = weight.permute(4, 5, 3, 1, 2, 0).reshape(9 * channels, -1)
+                bias = getattr(self, f"bias_{key}").view(classes, scale, scale).permute(1, 2, 0)
+                pieces.append(patches[:, top:bottom, left:right] @ matrix + bias.reshape(-1))
+            rows.append(torch.cat(pieces, 2))
+        blocks = torch.cat(rows, 1).view(batch, height, width, scale, scale, classes)
+        labels = blocks.argmax(-1) if classes > 1 else (blocks[..., 0] > 0).long()
+        return labels.permute(0, 1, 3, 2, 4).reshape(batch, height * scale, width * scale)
+
     @property
     def weight(self) -> Tensor:
         """(4, 4, Nc S^2, Cin, 3, 3), indexed by row and column kind."""
