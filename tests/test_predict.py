@@ -12,6 +12,7 @@ from PIL import Image
 from tests.data.files import brats_case, decathlon_task, truncate, write_nifti
 from tests.helpers import run_cli
 from upseg.data import BratsReader, DecathlonReader, FolderReader, SliceStore, prepare
+from upseg.data.errors import DataError
 from upseg.data.volume import pad_or_crop, stretch, undo_pad_or_crop
 from upseg.deploy.predict import (
     LABELS_KEY,
@@ -22,6 +23,7 @@ from upseg.deploy.predict import (
     find_inputs,
     labels_session,
     predict,
+    read_ahead,
 )
 from upseg.errors import TrainingError
 from upseg.metrics import labels_from_logits
@@ -487,3 +489,31 @@ def test_an_unwritable_cache_folder_exports_without_caching(
     predictor = Predictor.from_run(run, runtime="ort")
     assert predictor.runtime == "ort" and "; not cached, " in predictor.labeller.how
     assert (run / "export").read_text() == "a file where the cache folder would go"
+
+
+def test_read_ahead_keeps_order_reads_the_next_job_early_and_keeps_errors_apart() -> None:
+    import threading
+
+    started: list[int] = []
+    second_started = threading.Event()
+
+    def read(job: int) -> int:
+        started.append(job)
+        if job == 1:
+            second_started.set()
+        if job == 2:
+            raise DataError(f"file{job}", "truncated")
+        return 10 * job
+
+    futures = read_ahead(read, [0, 1, 2, 3])
+    first = next(futures)
+    assert first.result() == 0
+    assert second_started.wait(5)  # job 1 is read while job 0 is still being worked on
+    results = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except DataError as error:
+            results.append(str(error.path))
+    assert results == [10, "file2", 30] and started == [0, 1, 2, 3]
+    assert list(read_ahead(read, [])) == []

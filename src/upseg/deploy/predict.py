@@ -28,7 +28,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -638,14 +639,17 @@ def segment(
     written: list[str] = []
     if progress:
         tqdm.write(f"predict: runtime {predictor.labeller.note}", file=sys.stderr)
-    bar = tqdm(jobs, desc=f"predict [{predictor.runtime}]", unit="input", disable=not progress)
-    for job in bar:
+    todo = []
+    for job in jobs:
         if job.out.exists() and not force:
             skip(job.out, f"exists; {force_hint}")
-            continue
+        else:
+            todo.append(job)
+    bar = tqdm(todo, desc=f"predict [{predictor.runtime}]", unit="input", disable=not progress)
+    for job, frames in zip(bar, read_ahead(predictor.read, todo), strict=True):
         bar.set_postfix_str(job.source.name)
         try:
-            frames = predictor.read(job)
+            frames = frames.result()
             classes = predictor.classes(frames.images, batch_size)
             labels = predictor.restore(classes, frames)
             if frames.reference is not None:
@@ -661,6 +665,21 @@ def segment(
         written.append(str(job.out))
     bar.close()
     return {"written": written, "skipped": skipped, "runtime": predictor.runtime}
+
+
+def read_ahead(read: Callable[[Job], Frames], jobs: Sequence[Job]) -> Iterator[Future[Frames]]:
+    """`read(job)` for each job in order, as futures: one background thread reads the next
+    job while the caller labels and writes this one (decompression and NumPy release the
+    GIL, so reading overlaps the runtime's work); it reads at most one job ahead."""
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upseg-read") as reader:
+        ahead = reader.submit(read, jobs[0])
+        for k in range(len(jobs)):
+            current = ahead
+            if k + 1 < len(jobs):
+                ahead = reader.submit(read, jobs[k + 1])
+            yield current
 
 
 __all__ = [
