@@ -308,3 +308,22 @@ def test_ceiling_and_resident_memory_are_recorded(result: dict) -> None:
     assert peak["gflops"] == max(c["gflops"] for c in peak["candidates"])
     assert all(r["rss_peak_mb"] is None or r["rss_peak_mb"] > 10 for r in result["rows"])
     assert "peak RSS MB" in bench_table(result)
+
+
+def test_files_exported_in_earlier_groups_keep_their_models() -> None:
+    """Sessions are dropped between groups but files stay; a new file must never take the
+    name of one still in use (a 32-input export once replaced a 16-input one)."""
+    ctx = bench_runtimes.BenchContext("cpu", 1, Path("work"))
+    first = ctx.new_file("forward.onnx")
+    ctx.cache["session"] = object()
+    ctx.release()
+    assert ctx.new_file("forward.onnx") != first
+    result = bench.run_bench(
+        ["elunet", "elunet+plain"],
+        resolutions=[16, 32],
+        runtimes=["ort-fp32"],
+        batches=[1, 2],
+        **TINY,
+    )
+    assert result["skipped"] == []
+    assert len(result["rows"]) == 2 * 2 * 2 * len(bench.MODES)

@@ -64,10 +64,16 @@ class BenchContext:
     threads: int
     workdir: Path
     cache: dict = field(default_factory=dict)  # per runtime: exported files, sessions, models
+    files: int = 0  # files named so far in workdir
 
     def release(self) -> None:
         """Drop sessions and device copies; keep the exported files (on disk) for later."""
         self.cache = {k: v for k, v in self.cache.items() if isinstance(v, Path)}
+
+    def new_file(self, name: str) -> Path:
+        """A path in workdir that no earlier call returned (files outlive `release`)."""
+        self.files += 1
+        return self.workdir / f"{self.files}-{name}"
 
 
 Runner = Callable[[], object]
@@ -160,7 +166,7 @@ class OrtRuntime(Runtime):
 
         key = ("onnx-forward", id(entry.model))
         if key not in ctx.cache:
-            path = ctx.workdir / f"{len(ctx.cache)}-forward.onnx"
+            path = ctx.new_file("forward.onnx")
             export_onnx(entry.model, path)
             ctx.cache[key] = path
         return ctx.cache[key]
