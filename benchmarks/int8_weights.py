@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from upseg.data import SliceStore
+from upseg.data.resize import stretch_logits
 from upseg.deploy.export import export_onnx
 from upseg.deploy.quantize import (
     OnnxModel,
@@ -29,7 +30,6 @@ from upseg.deploy.quantize import (
 from upseg.evaluate import score
 from upseg.metrics import labels_from_logits
 from upseg.report import run_dataset
-from upseg.resize import stretch_logits
 from upseg.train import load_run
 
 SETTINGS = {  # name -> (per_channel, reduce_range)

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from tests.helpers import run_cli, tiny_phantom_run
+from upseg.data.resize import stretch_logits
 from upseg.deploy import bench, bench_runtimes
 from upseg.deploy.bench_report import BENCH_FILES, bench_table, write_bench
 from upseg.deploy.export import export_onnx
 from upseg.deploy.labels import add_label_output
 from upseg.models import build
-from upseg.resize import stretch_logits
 
 TINY = {
     "output_size": 64,

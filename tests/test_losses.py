@@ -5,7 +5,7 @@ from monai.losses import DiceLoss
 
 from upseg.losses import MultiScaleLoss, soft_dice_loss, softmax_cross_entropy, stage_weights
 from upseg.models import UpscalingHead
-from upseg.subpixel import (
+from upseg.models.subpixel import (
     attached_windows,
     unshuffle_dense,
     unshuffle_labels,

@@ -12,6 +12,7 @@ from PIL import Image
 from tests.data.files import brats_case, decathlon_task, truncate, write_nifti
 from tests.helpers import run_cli
 from upseg.data import BratsReader, DecathlonReader, FolderReader, SliceStore, prepare
+from upseg.data.resize import stretch_logits
 from upseg.data.volume import pad_or_crop, stretch, undo_pad_or_crop
 from upseg.deploy.predict import (
     LABELS_KEY,
@@ -26,7 +27,6 @@ from upseg.deploy.predict import (
 from upseg.errors import TrainingError
 from upseg.metrics import labels_from_logits
 from upseg.models import build
-from upseg.resize import stretch_logits
 from upseg.train import TrainConfig, load_checkpoint, train
 
 TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 2, "epochs": 1}

@@ -11,12 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upseg import native, stage_ce
-from upseg.losses import MultiScaleLoss, softmax_cross_entropy
+from upseg.losses import MultiScaleLoss, native, softmax_cross_entropy, stage_ce
+from upseg.losses.stage_ce import stage_cross_entropy
 from upseg.models import build
 from upseg.models.head import UpscalingHead, add_border
-from upseg.stage_ce import StageTerms, stage_cross_entropy
-from upseg.subpixel import attached_terms, attached_windows, unshuffle_labels
+from upseg.models.subpixel import StageTerms, attached_terms, attached_windows, unshuffle_labels
 
 
 @pytest.fixture
@@ -255,7 +254,7 @@ def test_a_damaged_cached_build_is_built_again(kernel, monkeypatch, tmp_path) ->
         (built,) = (tmp_path / "kernels").glob("stage_ce-*.so")
         built.write_bytes(b"not a shared library")
         # a new process: this one keeps the library it opened under that name
-        check = "from upseg import native; assert native.load('stage_ce') is not None"
+        check = "from upseg.losses import native; assert native.load('stage_ce') is not None"
         subprocess.run([sys.executable, "-c", check], check=True, timeout=120)
         assert built.read_bytes().startswith(b"\x7fELF")
     finally:

@@ -740,8 +740,8 @@ def _json_dict(text: str) -> dict:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from upseg.data.resize import DOWNSAMPLE_MODES
     from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS, TARGET_RESIZES
-    from upseg.resize import DOWNSAMPLE_MODES
 
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override)")
     parser.add_argument("--store", type=Path, help="slice store made by upseg prepare")

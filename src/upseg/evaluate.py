@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from upseg.data.brats import BRATS_CLASSES, BRATS_REGIONS
+from upseg.data.resize import stretch_logits
 from upseg.metrics import (
-    BRATS_CLASSES,
-    BRATS_REGIONS,
     DEFAULT_TOLERANCE,
     ConfusionMatrix,
     labels_from_logits,
@@ -27,7 +27,6 @@ from upseg.metrics import (
     summarise,
 )
 from upseg.models import LowResSegmenter
-from upseg.resize import stretch_logits
 
 
 def regions_for(class_names: Sequence[str]) -> dict[str, tuple[int, ...]] | None:

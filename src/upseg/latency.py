@@ -7,8 +7,8 @@ import time
 
 import torch
 
+from upseg.data.resize import stretch_logits
 from upseg.models import LowResSegmenter
-from upseg.resize import stretch_logits
 
 
 @torch.no_grad()

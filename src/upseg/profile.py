@@ -4,7 +4,7 @@ MACs come from torch's FlopCounterMode, which counts convolutions, transposed co
 and matrix products (2 FLOPs = 1 MAC) and ignores element-wise work (BatchNorm, ReLU, adds).
 The count runs on the 'meta' device, so it costs no compute and no memory. Up-scaling stages
 are counted as their two published layers (ConvTranspose2d + Conv2d: (4 Cin + 36 Nc) Nc h^2
-MACs for input side h); their composed execution (upseg.subpixel) does 16 Cin Nc (h + 1)^2.
+MACs for input side h); their composed execution (upseg.models.subpixel) does 16 Cin Nc (h + 1)^2.
 
 Memory, two numbers (1 MB = 10^6 bytes):
   - `activation_mb`: torchinfo's "Forward/backward pass size", twice the bytes of the output

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 
 from upseg.data import LowResPairs, SliceStore
+from upseg.data.resize import downsample_labels, stretch_logits
 from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
 from upseg.patient_report import interval_text, score_text
 from upseg.plots import qualitative_grid
-from upseg.resize import downsample_labels, stretch_logits
 from upseg.train import (
     TrainConfig,
     check_run_store,

@@ -33,12 +33,19 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from upseg import native, stage_ce
 from upseg.data import LowResPairs, SliceStore
+from upseg.data.resize import DOWNSAMPLE_MODES
 from upseg.errors import TrainingError
 from upseg.evaluate import score
 from upseg.io import atomic_path, write_text_atomic
-from upseg.losses import BASE_LOSSES, STAGE_WEIGHTS, TARGET_RESIZES, MultiScaleLoss
+from upseg.losses import (
+    BASE_LOSSES,
+    STAGE_WEIGHTS,
+    TARGET_RESIZES,
+    MultiScaleLoss,
+    native,
+    stage_ce,
+)
 from upseg.models import (
     DEFAULT_HEAD_INIT,
     DEFAULT_HEAD_INPUT,
@@ -48,7 +55,6 @@ from upseg.models import (
     method_name,
     resolve_head_init,
 )
-from upseg.resize import DOWNSAMPLE_MODES
 from upseg.runtime import keep_freed_memory
 from upseg.schedule import SCHEDULES, learning_rate
 

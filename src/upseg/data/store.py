@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
+from upseg.data.resize import DOWNSAMPLE_MODES, downsample_image
 from upseg.io import temporary_sibling, write_json
-from upseg.resize import DOWNSAMPLE_MODES, downsample_image
 
 STORE_VERSION = 1
 DEFAULT_VAL_FRACTION = {"brats": 0.15, "decathlon": 1 / 3, "folder": 0.2, "phantom": 0.25}

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from upseg.data import brats, decathlon, folder
 from upseg.data.errors import DataError
+from upseg.data.resize import downsample_image, stretch_logits
 from upseg.data.store import SliceStore
 from upseg.data.volume import load_nifti, stretch, undo_pad_or_crop
 from upseg.deploy.runtimes import available_cores, ort_session, torch_threads
@@ -47,7 +48,6 @@ from upseg.errors import TrainingError
 from upseg.io import atomic_path
 from upseg.metrics import labels_from_logits
 from upseg.models import LowResSegmenter
-from upseg.resize import downsample_image, stretch_logits
 from upseg.train import TrainConfig, load_run, resolve_device
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-from upseg.metrics.confusion import BRATS_CLASSES, BRATS_REGIONS
+from upseg.data.brats import BRATS_CLASSES, BRATS_REGIONS
 
 DEFAULT_TOLERANCE = 2.0  # NSD tolerance, pixels at R
 PATIENT_METRICS = ("dice", "jaccard", "hd95", "nsd")

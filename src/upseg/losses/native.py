@@ -1,4 +1,4 @@
-"""Native CPU kernels: C sources shipped in upseg/kernels, compiled on first use.
+"""Native CPU kernels: C sources shipped in upseg/losses/kernels, compiled on first use.
 
 A kernel is built once per source, compiler, flags and machine with the system C compiler
 ($CC, else cc or gcc) and kept in the cache folder ($UPSEG_CACHE, else
@@ -143,7 +143,7 @@ def _open(name: str, cc: list[str]) -> ctypes.CDLL:
 
 
 def load(name: str) -> ctypes.CDLL | None:
-    """The compiled kernel `name` (upseg/kernels/NAME.c), or None where it cannot be had."""
+    """The compiled kernel `name` (upseg/losses/kernels/NAME.c), or None where it cannot be had."""
     with _lock:
         if name in _loaded:
             return _loaded[name]

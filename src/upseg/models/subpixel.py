@@ -15,13 +15,23 @@ same way (`unshuffle_labels`), without the copy from Y back to W in the backward
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 _ATTRIBUTE = "_upseg_windows"
+
+
+class StageTerms(NamedTuple):
+    """What a stage's window tensor is made of (upseg.models.head.UpscalingStage.forward)."""
+
+    x: Tensor  # (B, Cin, h, w) stage input
+    weight: Tensor  # (4 Nc, Cin, 2, 2) composed 2x2 conv
+    bias: Tensor  # (4 Nc,)
+    rows: Tensor  # (4 Nc, 2, w + 1): added to window rows 0 and h
+    cols: Tensor  # (4 Nc, 2): added to window columns 0 and w of the rows between
 
 
 def window_view(windows: Tensor) -> Tensor:
@@ -94,15 +104,15 @@ def window_shuffle(windows: Tensor, fast: bool = True) -> Tensor:
     return torch.stack(lines, dim=3).reshape(batch, channels // 4, 2 * h, 2 * w)
 
 
-def attach_windows(output: Tensor, windows: Tensor, terms: Any = None) -> None:
+def attach_windows(output: Tensor, windows: Tensor, terms: StageTerms | None = None) -> None:
     """Record that output == window_shuffle(windows), and optionally what the windows were
-    computed from (upseg.stage_ce.StageTerms); the record is void once any of them changes
-    in place (its version counter moves)."""
+    computed from; the record is void once any of them changes in place (its version counter
+    moves)."""
     tensors = (output, windows, *(terms or ()))
     setattr(output, _ATTRIBUTE, (windows, terms, [t._version for t in tensors]))
 
 
-def _record(output: Tensor) -> tuple[Tensor, Any] | None:
+def _record(output: Tensor) -> tuple[Tensor, StageTerms | None] | None:
     record = getattr(output, _ATTRIBUTE, None)
     if record is None:
         return None
@@ -125,7 +135,7 @@ def attached_windows(output: Tensor) -> Tensor | None:
     return None if record is None else record[0]
 
 
-def attached_terms(output: Tensor) -> Any:
+def attached_terms(output: Tensor) -> StageTerms | None:
     """What the recorded window tensor was computed from, if recorded and still valid."""
     record = _record(output)
     return None if record is None else record[1]

@@ -1,10 +1,10 @@
 """Cross entropy of a head stage with the stage's conv gradient in the same pass (CPU kernel).
 
 A stage output Y (B, Nc, 2h, 2w) is its window tensor W (B, 4 Nc, h + 1, w + 1) shuffled
-(upseg.subpixel), and W = conv2d(x, weight, bias, padding=1) plus border terms (rows, cols;
+(upseg.models.subpixel), and W = conv2d(x, weight, bias, padding=1) plus border terms (rows, cols;
 upseg.models.head). Scoring W against the labels and back-propagating through the conv in
 PyTorch makes about a dozen passes over 33 MB tensors at R = 256, batch 32. The native kernel
-(upseg/kernels/stage_ce.c) reads W once forward and once backward:
+(upseg/losses/kernels/stage_ce.c) reads W once forward and once backward:
   - `stage_cross_entropy(..., through_conv=True)` returns the gradients of x, weight, bias,
     rows and cols directly and never stores the gradient of W: for a stage whose output
     nothing else reads (the finest);
@@ -20,14 +20,14 @@ the kernel cannot be built, callers keep the PyTorch path.
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from upseg import native
+from upseg.losses import native
+from upseg.models.subpixel import StageTerms
 
 KERNEL = "stage_ce"
 _INT = ctypes.c_int64
@@ -35,18 +35,8 @@ _PTR = ctypes.c_void_p
 _FLOAT = ctypes.c_float
 
 
-class StageTerms(NamedTuple):
-    """What a stage's window tensor is made of (upseg.models.head.UpscalingStage.forward)."""
-
-    x: Tensor  # (B, Cin, h, w) stage input
-    weight: Tensor  # (4 Nc, Cin, 2, 2) composed 2x2 conv
-    bias: Tensor  # (4 Nc,)
-    rows: Tensor  # (4 Nc, 2, w + 1): added to window rows 0 and h
-    cols: Tensor  # (4 Nc, 2): added to window columns 0 and w of the rows between
-
-
 def native_library() -> ctypes.CDLL | None:
-    """The built kernel with its argument types set, or None (upseg.native says why)."""
+    """The built kernel with its argument types set, or None (upseg.losses.native says why)."""
     library = native.load(KERNEL)
     if library is not None and not hasattr(library, "_upseg_typed"):
         library.stage_ce_forward.argtypes = [_PTR, _PTR, *[_INT] * 5, _PTR]

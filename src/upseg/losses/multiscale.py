@@ -2,15 +2,15 @@
 
 Each stage output Y_i (B, Nc, s_i, s_i) is scored against the full-resolution mask (B, R, R)
 resized to s_i, where R / s_i is an integer:
-  - 'nearest': the centre pixel of every (R/s_i)^2 block (see upseg.resize);
+  - 'nearest': the centre pixel of every (R/s_i)^2 block (see upseg.data.resize);
   - 'soft': the area-averaged one-hot mask, i.e. per-pixel class fractions (the soft labels of
     the authors' code); exact at s_i = R.
 Stage weights: 'equal' (the paper's plain sum) or 'halving' (w = 1/2^j for the j-th stage
 counted from the finest, normalised to sum 1, as nnU-Net's deep supervision).
 A baseline passes its single output at r and is scored against the mask resized to r.
-With 'ce', a head output that carries its window tensor (upseg.subpixel) is scored through
+With 'ce', a head output that carries its window tensor (upseg.models.subpixel) is scored through
 that tensor: the same per-pixel terms, without the shuffle in the backward pass; with integer
-targets on the CPU in float32, by the native kernel of upseg.stage_ce, which also returns the
+targets on the CPU in float32, by the native kernel of upseg.losses.stage_ce, which also returns the
 stage conv's gradients.
 """
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from upseg import stage_ce
-from upseg.resize import downsample_labels, one_hot
-from upseg.subpixel import (
+from upseg.data.resize import downsample_labels, one_hot
+from upseg.losses import stage_ce
+from upseg.models.subpixel import (
     attached_terms,
     attached_windows,
     unshuffle_dense,
@@ -218,7 +218,7 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, windowed: bool = False
     logits (B, K, *pixels); target: int labels (B, *pixels) (p one-hot; then this equals
     F.cross_entropy) or class probabilities p (B, K, *pixels) that sum to 1 at every pixel.
     windowed: logits is a window tensor (B, 4 K, h + 1, w + 1) standing for its window view
-    (B, K, 2, 2, h, w) (upseg.subpixel), and target is laid out like that view; the gradient
+    (B, K, 2, 2, h, w) (upseg.models.subpixel), and target is laid out like that view; the gradient
     comes back in the window tensor's layout.
 
     For float32/float64 it runs as one autograd function that keeps exp(logits - max) from
