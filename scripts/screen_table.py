@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from upseg.metrics import paired_difference
-from upseg.profile import count_macs
+from upseg.models.profile import count_macs
 from upseg.train import load_run, method_label, read_metrics
 
 

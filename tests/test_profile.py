@@ -9,7 +9,7 @@ from torch import nn
 from tests.helpers import run_cli, tiny_phantom_run
 from upseg.data import SliceStore
 from upseg.models import build, plain_head_num_params
-from upseg.profile import (
+from upseg.models.profile import (
     activation_mb,
     count_macs,
     count_parameters,

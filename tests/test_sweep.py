@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers import run_cli
 from upseg.data import PhantomReader, prepare
-from upseg.sweep import Method, parse_method, run_sweep
+from upseg.models import Method, parse_method
+from upseg.sweep import run_sweep
 
 
 def tiny_store(tmp_path: Path) -> Path:
@@ -55,7 +56,7 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
         ("elunet+skip", 16, 2),
     ]
     from upseg.models import build, skip_head_num_params
-    from upseg.profile import count_parameters
+    from upseg.models.profile import count_parameters
 
     small = count_parameters(build("elunet", 4, 4, 16, base_width=4))  # the runs' own settings
     assert rows[0]["params"] == small

@@ -45,7 +45,7 @@ PROFILE_COLUMNS = {
 
 def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
     from upseg.models import method_name
-    from upseg.profile import profile_model
+    from upseg.models.profile import profile_model
     from upseg.train import load_run
 
     rows = []
@@ -67,7 +67,7 @@ def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
 def cmd_profile(args: argparse.Namespace) -> int:
     from upseg.deploy.outputs import check_output_file
     from upseg.models import method_name
-    from upseg.profile import profile_row
+    from upseg.models.profile import profile_row
 
     _model_flags(args, PROFILE_MODEL_FLAGS, "a RUN directory" if args.runs else "")
     sizes = {"--input-sizes": min(args.input_sizes), "--output-size": args.output_size}

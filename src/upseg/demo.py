@@ -26,8 +26,8 @@ from upseg.evaluate import score
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.latency import end_to_end_latency_ms
 from upseg.metrics import paired_difference
+from upseg.models.profile import count_macs, count_parameters
 from upseg.plots import tradeoff_plot
-from upseg.profile import count_macs, count_parameters
 from upseg.report import figure, run_dataset
 from upseg.train import TrainConfig, load_run, method_label, train_or_resume
 

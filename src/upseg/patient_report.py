@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from upseg.metrics import HIGHER_IS_BETTER, compare_patients, summarise
+from upseg.models.methods import baseline_of
 
 REPORTED = ("dice", "hd95", "nsd")  # per-patient metrics in the tables (Jaccard stays in CSV)
 
@@ -62,11 +63,6 @@ def summary_rows(results: list[dict]) -> list[dict]:
                 row[f"{metric}_mean"], row[f"{metric}_median"] = values["mean"], values["median"]
             rows.append(row)
     return rows
-
-
-def baseline_of(method: str) -> str:
-    """The same-size baseline of a method name: its backbone without a head."""
-    return method.split("+", 1)[0]
 
 
 def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:

@@ -20,7 +20,6 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,19 +28,11 @@ from tqdm import tqdm
 from upseg.data import SliceStore
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
-from upseg.models import (
-    DEFAULT_HEAD_INIT,
-    DEFAULT_HEAD_INPUT,
-    HEAD_INITS,
-    HEAD_INPUTS,
-    get_backbone_spec,
-    method_name,
-    resolve_head_init,
-)
+from upseg.models import Method, parse_method
+from upseg.models.profile import count_macs, count_parameters
 from upseg.patient_report import markdown as patient_markdown
 from upseg.patient_report import paired_rows, summary_rows
 from upseg.plots import curves_plot, tradeoff_plot
-from upseg.profile import count_macs, count_parameters
 from upseg.report import evaluate_run
 from upseg.train import (
     TrainConfig,
@@ -52,38 +43,6 @@ from upseg.train import (
     store_fingerprint,
     train_or_resume,
 )
-
-
-@dataclass(frozen=True)
-class Method:
-    backbone: str
-    head: str = "none"
-    init: str = DEFAULT_HEAD_INIT
-    input: str = DEFAULT_HEAD_INPUT  # what the head reads: logits | features
-
-    @property
-    def name(self) -> str:
-        return method_name(self.backbone, self.head, self.init, self.input)
-
-
-def parse_method(text: str) -> Method:
-    """`backbone[+head[@input][:init]]`; the inverse of Method.name. The part before ':' is the
-    architecture (what cost and latency depend on), the suffix only the initialisation."""
-    backbone, _, rest = text.partition("+")
-    rest, _, init = rest.partition(":")
-    head, at, source = rest.partition("@")
-    get_backbone_spec(backbone)  # raises with the list of names
-    head = head or "none"
-    known = ("", *HEAD_INITS, "default") if head != "none" else ("",)  # default: former name
-    inputs = HEAD_INPUTS if head == "plain" else ()
-    if head not in ("none", "plain", "skip") or init not in known or (at and source not in inputs):
-        raise ValueError(
-            f"method {text!r} is not backbone[+plain[@features]|+skip][:bilinear|:pytorch] or "
-            "backbone+plain@features[:pytorch], e.g. elunet+plain:pytorch"
-        )
-    return Method(
-        backbone, head, resolve_head_init(init or DEFAULT_HEAD_INIT), source or DEFAULT_HEAD_INPUT
-    )
 
 
 def _spread(values: list[float]) -> tuple[float, float]:

@@ -13,8 +13,8 @@ from upseg.models import (
     plain_head_num_params,
     skip_head_num_params,
 )
+from upseg.models.profile import count_parameters
 from upseg.models.subpixel import attached_windows, window_shuffle, window_view
-from upseg.profile import count_parameters
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])

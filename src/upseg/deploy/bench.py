@@ -23,7 +23,7 @@ memory available when the bench starts); the others are skipped with the reason.
 records the process's peak resident set over its set-up and warm-up (Linux VmHWM, reset
 before the case), which includes the earlier cases of its group still held.
 
-Achieved GFLOP/s = 2 x MACs per image (upseg.profile.count_macs: the published layers, also
+Achieved GFLOP/s = 2 x MACs per image (upseg.models.profile.count_macs: the published layers, also
 for a folded head; resize and argmax count nothing) x batch / median time, shown against the
 machine's measured ceiling (upseg.deploy.machine.compute_ceiling: the best of a large conv in
 PyTorch and in onnxruntime and a large GEMM, with the same threads). Rows also keep the
@@ -92,10 +92,9 @@ def load_bench_models(
     """Models from methods (`upseg sweep` syntax, fresh random weights, one per resolution)
     or run directories (their own weights and sizes; `resolutions` do not apply to them).
     Returns the models and the skipped (method, input, reason) combinations."""
-    from upseg.models import build, method_name
+    from upseg.models import build, method_name, parse_method
+    from upseg.models.profile import activation_mb, count_macs
     from upseg.models.registry import make_backbone
-    from upseg.profile import activation_mb, count_macs
-    from upseg.sweep import parse_method
 
     def entry(name: str, model: LowResSegmenter, output: int) -> BenchModel:
         shape = (1, model.in_channels, model.input_size, model.input_size)

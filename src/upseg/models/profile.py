@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from upseg.models.head import UpscalingStage
+from upseg.models.methods import method_name
+from upseg.models.segmenter import build
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -165,8 +167,6 @@ def profile_row(
 
     Without `memory` the model is built on the 'meta' device (counting needs shapes only).
     """
-    from upseg.models import build, method_name
-
     with torch.device("cpu" if memory else "meta"):
         model = build(
             backbone,
