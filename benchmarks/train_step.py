@@ -27,9 +27,9 @@ import time
 import torch
 
 from upseg.data.resize import downsample_labels
+from upseg.engine.memory import keep_freed_memory
 from upseg.losses import MultiScaleLoss, native, stage_ce
 from upseg.models import UpscalingStage, build
-from upseg.runtime import keep_freed_memory
 
 R, CLASSES, CHANNELS = 256, 4, 4
 

@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from upseg.train import TrainConfig, Trainer
+from upseg.engine import TrainConfig
+from upseg.engine.trainer import Trainer
 
 store, out = sys.argv[1], sys.argv[2]
 config = TrainConfig(

@@ -24,10 +24,12 @@ from upseg.deploy.predict import (
     labels_session,
     predict,
 )
+from upseg.engine import TrainConfig
+from upseg.engine.runs import load_checkpoint
+from upseg.engine.trainer import train
 from upseg.errors import TrainingError
 from upseg.metrics import labels_from_logits
 from upseg.models import build
-from upseg.train import TrainConfig, load_checkpoint, train
 
 TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 2, "epochs": 1}
 BRATS_VALUES = np.array([0, 1, 2, 4])

@@ -20,8 +20,8 @@ from upseg.deploy.quantize import (
     int8_paths,
     quantize_export,
 )
-from upseg.report import run_dataset
-from upseg.train import TrainConfig, load_run, train
+from upseg.engine import TrainConfig, load_run, run_dataset
+from upseg.engine.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from upseg.schedule import learning_rate
+from upseg.engine.schedule import learning_rate
 
 
 def test_constant_is_the_base_rate() -> None:

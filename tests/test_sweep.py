@@ -107,7 +107,7 @@ def test_sweep_cli_bad_method(tmp_path: Path) -> None:
 
 
 def test_sweep_refuses_changed_settings_and_empty(tmp_path: Path) -> None:
-    from upseg.train import TrainingError
+    from upseg.errors import TrainingError
 
     store = tiny_store(tmp_path)
     kwargs = {"epochs": 1, "batch_size": 2, "progress": False}
@@ -133,7 +133,7 @@ def test_sweep_refuses_changed_settings_and_empty(tmp_path: Path) -> None:
 
 
 def test_sweep_workers_time_limit_and_failed_runs(tmp_path: Path) -> None:
-    from upseg.train import TrainingError
+    from upseg.errors import TrainingError
 
     store = prepare(
         PhantomReader(size=64, num_patients=4, slices_per_patient=2),

@@ -17,9 +17,12 @@ import yaml
 
 from tests.helpers import run_cli
 from upseg.data import BratsReader, PhantomReader, SliceStore, prepare
+from upseg.engine import TrainConfig
+from upseg.engine.runs import load_checkpoint
+from upseg.engine.schedule import learning_rate
+from upseg.engine.trainer import Trainer, train
+from upseg.errors import TrainingError
 from upseg.report import evaluate_run
-from upseg.schedule import learning_rate
-from upseg.train import TrainConfig, Trainer, TrainingError, load_checkpoint, train
 
 TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 4}
 
@@ -339,7 +342,7 @@ def test_unknown_config_key(tmp_path: Path) -> None:
 
 
 def test_fold_patients_partition() -> None:
-    from upseg.train import fold_patients
+    from upseg.engine.runs import fold_patients
 
     ids = [f"p{i}" for i in range(7)]
     folds = [fold_patients(ids, 3, k, seed=1) for k in range(3)]
@@ -359,7 +362,8 @@ def test_crash_between_checkpoint_and_log_is_repaired(store: Path, tmp_path: Pat
 
 
 def test_run_state_refuses_other_settings(store: Path, tmp_path: Path) -> None:
-    from upseg.train import run_state, train_or_resume
+    from upseg.engine import run_state
+    from upseg.engine.trainer import train_or_resume
 
     run = tmp_path / "run"
     assert train_or_resume(config(store, run, epochs=1), progress=False) == "trained"
@@ -579,7 +583,7 @@ def test_an_append_cut_short_is_repaired_on_resume(store: Path, tmp_path: Path) 
 
 
 def test_a_features_head_trains_from_the_cli_and_loads_back(store: Path, tmp_path: Path) -> None:
-    from upseg.train import load_run, method_label, run_state
+    from upseg.engine import load_run, method_label, run_state
 
     run = tmp_path / "run"
     result = cli(
@@ -614,7 +618,7 @@ def test_a_features_head_trains_from_the_cli_and_loads_back(store: Path, tmp_pat
 
 
 def test_runs_saved_before_head_input_read_their_logits(store: Path, tmp_path: Path) -> None:
-    from upseg.train import load_run, run_state
+    from upseg.engine import load_run, run_state
 
     run = tmp_path / "run"
     short = {"epochs": 1, "max_steps_per_epoch": 2}

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from upseg.deploy.bench import DEFAULT_RUNTIMES, RUNTIMES
+from upseg.engine.schedule import SCHEDULES
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json
 from upseg.models import HEAD_INITS, HEAD_INPUTS, list_backbones
-from upseg.schedule import SCHEDULES
 
 HEAD_CHOICES = ("none", "plain", "skip")
 
@@ -44,9 +44,9 @@ PROFILE_COLUMNS = {
 
 
 def _profile_runs(args: argparse.Namespace) -> list[dict[str, object]]:
+    from upseg.engine import load_run
     from upseg.models import method_name
     from upseg.models.profile import profile_model
-    from upseg.train import load_run
 
     rows = []
     for run in args.runs:
@@ -233,7 +233,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace):
     import yaml
 
-    from upseg.train import TrainConfig
+    from upseg.engine import TrainConfig
 
     values: dict = {}
     if args.config:
@@ -290,7 +290,8 @@ TRAIN_FLAGS = (
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from upseg.train import read_run_config, train
+    from upseg.engine import read_run_config
+    from upseg.engine.trainer import train
 
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in TRAIN_FLAGS if getattr(args, k) is not None]
@@ -463,7 +464,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.parser.error(f"{' '.join(given)} only apply with --int8")
     check_output_file(args.out, "--out")
     if args.run is not None:
-        from upseg.train import load_run
+        from upseg.engine import load_run
 
         model = load_run(args.run, args.checkpoint)[0]
     else:
@@ -671,7 +672,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out, "--out", BENCH_FILES)
     if args.keep_freed_memory:
-        from upseg.runtime import keep_freed_memory
+        from upseg.engine.memory import keep_freed_memory
 
         keep_freed_memory()
     result = run_bench(
@@ -1282,7 +1283,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="apply upseg.runtime.keep_freed_memory() (glibc malloc) first, as training does",
+        help="apply upseg.engine.memory.keep_freed_memory() (glibc malloc) first, as training does",
     )
     bench.add_argument(
         "--out",

@@ -21,15 +21,15 @@ from upseg.data import (
     SliceStore,
 )
 from upseg.data import prepare as prepare_store
+from upseg.engine import TrainConfig, load_run, method_label, run_dataset, score
+from upseg.engine.trainer import train_or_resume
 from upseg.errors import TrainingError
-from upseg.evaluate import score
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.latency import end_to_end_latency_ms
 from upseg.metrics import paired_difference
 from upseg.models.profile import count_macs, count_parameters
 from upseg.plots import tradeoff_plot
-from upseg.report import figure, run_dataset
-from upseg.train import TrainConfig, load_run, method_label, train_or_resume
+from upseg.report import figure
 
 READERS = {"brats": BratsReader, "decathlon": DecathlonReader, "folder": FolderReader}
 COLUMNS = (

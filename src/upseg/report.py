@@ -7,40 +7,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upseg.data import LowResPairs, SliceStore
+from upseg.data import SliceStore
 from upseg.data.resize import downsample_labels, stretch_logits
-from upseg.errors import TrainingError
-from upseg.evaluate import score
-from upseg.io import write_csv, write_json, write_text_atomic
-from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
-from upseg.patient_report import interval_text, score_text
-from upseg.plots import qualitative_grid
-from upseg.train import (
+from upseg.engine import (
     TrainConfig,
     check_run_store,
     load_run,
     method_label,
     open_run_store,
     read_run_config,
-    split_patients,
+    run_dataset,
+    run_patients,
+    score,
 )
+from upseg.errors import TrainingError
+from upseg.io import write_csv, write_json, write_text_atomic
+from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
+from upseg.patient_report import interval_text, score_text
+from upseg.plots import qualitative_grid
 
 SCORE_KEYS = ("paper_dice", "paper_jaccard", "dice", "jaccard")
-
-
-def _patients(config: TrainConfig, store: SliceStore, split: str) -> list[str]:
-    train, val = split_patients(config, store)
-    return {"train": train, "val": val, "all": store.patient_ids()}[split]
-
-
-def run_dataset(config: TrainConfig, store: SliceStore, split: str = "val") -> LowResPairs:
-    """The (input at r, mask at R) pairs of a run's split, made as in its training."""
-    return LowResPairs(
-        store,
-        config.input_size,
-        downsample=config.downsample,
-        patients=_patients(config, store, split),
-    )
 
 
 def score_rows(scores: dict) -> list[dict]:
@@ -94,7 +80,7 @@ def figure(
         store = SliceStore(config.store)
     for r, (_, cfg, state) in zip(runs, loaded, strict=True):  # both read this store
         check_run_store(cfg, state, r, store)
-    patients = _patients(config, store, split)
+    patients = run_patients(config, store, split)
     indices = store.indices(patients=patients)
     foreground = (np.asarray(store.masks[indices]) > 0).sum((1, 2))
     owner = store.slices[indices, 0]

@@ -26,6 +26,15 @@ import torch
 from tqdm import tqdm
 
 from upseg.data import SliceStore
+from upseg.engine import (
+    TrainConfig,
+    build_model,
+    read_metrics,
+    resolve_device,
+    run_state,
+    store_fingerprint,
+)
+from upseg.engine.trainer import train_or_resume
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import Method, parse_method
@@ -34,15 +43,6 @@ from upseg.patient_report import markdown as patient_markdown
 from upseg.patient_report import paired_rows, summary_rows
 from upseg.plots import curves_plot, tradeoff_plot
 from upseg.report import evaluate_run
-from upseg.train import (
-    TrainConfig,
-    build_model,
-    read_metrics,
-    resolve_device,
-    run_state,
-    store_fingerprint,
-    train_or_resume,
-)
 
 
 def _spread(values: list[float]) -> tuple[float, float]:

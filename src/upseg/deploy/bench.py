@@ -106,7 +106,7 @@ def load_bench_models(
     entries, skipped = [], []
     for spec in methods:
         if Path(spec).is_dir():
-            from upseg.train import load_run
+            from upseg.engine import load_run
 
             model, config, _ = load_run(spec, checkpoint)
             label = method_name(config.backbone, config.head, config.head_init, config.head_input)

@@ -41,10 +41,7 @@ from upseg.deploy.predict import (
     Predictor,
     segment,
 )
-from upseg.errors import TrainingError
-from upseg.io import temporary_sibling
-from upseg.models import LowResSegmenter
-from upseg.train import (
+from upseg.engine import (
     EXECUTION_SETTINGS,
     LOCATION_SETTINGS,
     TrainConfig,
@@ -55,6 +52,9 @@ from upseg.train import (
     split_patients,
     store_fingerprint,
 )
+from upseg.errors import TrainingError
+from upseg.io import temporary_sibling
+from upseg.models import LowResSegmenter
 
 BUNDLE_VERSION = "0.1.0"
 METADATA_SCHEMA = (
@@ -114,7 +114,7 @@ def network(
     config: dict, class_names: Sequence[str], modalities: Sequence[str], size: int
 ) -> LowResSegmenter:
     """The untrained network of a run: `config` is its training configuration without paths,
-    built as upseg.train.load_run builds it."""
+    built as upseg.engine.load_run builds it."""
     return model_for(_train_config(config), list(class_names), list(modalities), int(size))
 
 

@@ -44,11 +44,11 @@ from upseg.data.resize import downsample_image, stretch_logits
 from upseg.data.store import SliceStore
 from upseg.data.volume import load_nifti, stretch, undo_pad_or_crop
 from upseg.deploy.runtimes import available_cores, ort_session, torch_threads
+from upseg.engine import TrainConfig, load_run, resolve_device
 from upseg.errors import TrainingError
 from upseg.io import atomic_path
 from upseg.metrics import labels_from_logits
 from upseg.models import LowResSegmenter
-from upseg.train import TrainConfig, load_run, resolve_device
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FORMATS = ("brats", "decathlon", "folder")
