@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from upseg.demo import run_demo
+from upseg.experiments.demo import run_demo
 
 
 def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
@@ -36,8 +36,8 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
 
 
 def test_demo_refuses_a_folder_of_other_data(tmp_path: Path) -> None:
-    from upseg.demo import _store
     from upseg.errors import TrainingError
+    from upseg.experiments.demo import _store
 
     small = {"num_patients": 2, "slices_per_patient": 2, "size": 64}
     path = _store(tmp_path, None, None, small, progress=False)

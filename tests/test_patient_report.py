@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from upseg.patient_report import markdown, paired_rows, row_patients, summary_rows
+from upseg.experiments.patient_report import markdown, paired_rows, row_patients, summary_rows
 
 
 def record(method: str, r: int, seed: int, dice: dict[str, float], hd: float = 3.0) -> dict:

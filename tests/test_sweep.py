@@ -7,8 +7,8 @@ import pytest
 
 from tests.helpers import run_cli
 from upseg.data import PhantomReader, prepare
+from upseg.experiments.sweep import run_sweep
 from upseg.models import Method, parse_method
-from upseg.sweep import run_sweep
 
 
 def tiny_store(tmp_path: Path) -> Path:

@@ -22,7 +22,7 @@ from upseg.engine.runs import load_checkpoint
 from upseg.engine.schedule import learning_rate
 from upseg.engine.trainer import Trainer, train
 from upseg.errors import TrainingError
-from upseg.report import evaluate_run
+from upseg.experiments.evaluate import evaluate_run
 
 TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 4}
 

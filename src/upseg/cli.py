@@ -310,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from upseg.report import evaluate_run
+    from upseg.experiments.evaluate import evaluate_run
 
     if not args.tolerance >= 0 or args.tolerance == float("inf"):
         args.parser.error(
@@ -333,7 +333,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from upseg.demo import run_demo
+    from upseg.experiments.demo import run_demo
 
     if (args.data is None) != (args.format is None):
         args.parser.error("--data and --format go together (e.g. --data DIR --format brats)")
@@ -364,7 +364,7 @@ SWEEP_TRAIN_FLAGS = (
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from upseg.sweep import run_sweep
+    from upseg.experiments.sweep import run_sweep
 
     extra = {k: getattr(args, k) for k in SWEEP_TRAIN_FLAGS if getattr(args, k) is not None}
     result = run_sweep(

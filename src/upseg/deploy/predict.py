@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from upseg.data import FILE_FORMATS as FORMATS
 from upseg.data import brats, decathlon, folder
 from upseg.data.errors import DataError
 from upseg.data.resize import downsample_image, stretch_logits
@@ -51,7 +52,6 @@ from upseg.metrics import labels_from_logits
 from upseg.models import LowResSegmenter
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-FORMATS = ("brats", "decathlon", "folder")
 RUNTIMES = ("auto", "torch", "ort")
 # predict's default: onnxruntime measured 2-10x faster end to end than eager PyTorch on the
 # CPU, with the same masks; a Predictor built directly stays on PyTorch unless asked.

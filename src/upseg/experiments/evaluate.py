@@ -21,9 +21,9 @@ from upseg.engine import (
     score,
 )
 from upseg.errors import TrainingError
+from upseg.experiments.patient_report import interval_text, score_text
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
-from upseg.patient_report import interval_text, score_text
 from upseg.plots import qualitative_grid
 
 SCORE_KEYS = ("paper_dice", "paper_jaccard", "dice", "jaccard")

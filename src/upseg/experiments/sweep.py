@@ -36,13 +36,13 @@ from upseg.engine import (
 )
 from upseg.engine.trainer import train_or_resume
 from upseg.errors import DataError, TrainingError
+from upseg.experiments.evaluate import evaluate_run
+from upseg.experiments.patient_report import markdown as patient_markdown
+from upseg.experiments.patient_report import paired_rows, summary_rows
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import Method, parse_method
 from upseg.models.profile import count_macs, count_parameters
-from upseg.patient_report import markdown as patient_markdown
-from upseg.patient_report import paired_rows, summary_rows
 from upseg.plots import curves_plot, tradeoff_plot
-from upseg.report import evaluate_run
 
 
 def _spread(values: list[float]) -> tuple[float, float]:

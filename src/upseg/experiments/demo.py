@@ -13,25 +13,19 @@ import json
 import time
 from pathlib import Path
 
-from upseg.data import (
-    BratsReader,
-    DecathlonReader,
-    FolderReader,
-    PhantomReader,
-    SliceStore,
-)
+from upseg.data import READERS, PhantomReader, SliceStore
 from upseg.data import prepare as prepare_store
+from upseg.deploy.latency import end_to_end_latency_ms
 from upseg.engine import TrainConfig, load_run, method_label, run_dataset, score
 from upseg.engine.trainer import train_or_resume
 from upseg.errors import TrainingError
+from upseg.experiments.evaluate import figure
 from upseg.io import write_csv, write_json, write_text_atomic
-from upseg.latency import end_to_end_latency_ms
 from upseg.metrics import paired_difference
+from upseg.models import BASELINE
 from upseg.models.profile import count_macs, count_parameters
 from upseg.plots import tradeoff_plot
-from upseg.report import figure
 
-READERS = {"brats": BratsReader, "decathlon": DecathlonReader, "folder": FolderReader}
 COLUMNS = (
     "method",
     "input",
@@ -130,7 +124,7 @@ def run_demo(
     rows, figures = [], []
     for r in resolutions:
         runs = []
-        for head in ("none", "plain"):
+        for head in (BASELINE, "plain"):
             config = TrainConfig(
                 store=str(store_path),
                 out=str(out / "runs" / f"{head}_r{r}"),

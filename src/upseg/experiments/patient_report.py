@@ -3,8 +3,8 @@ baseline of the same backbone at the same input size, patient by patient.
 
 Patients are the unit. With k folds every patient is validated once per seed; its score for
 a row is the mean over that row's seeds, and the paired bootstrap (upseg.metrics.paired)
-resamples patients. Results are the records of `upseg.sweep` (method, input, fold, seed and
-the run's evaluation scores, whose "patients" entry upseg.engine.score makes).
+resamples patients. Results are the records of `upseg.experiments.sweep` (method, input,
+fold, seed and the run's evaluation scores, whose "patients" entry upseg.engine.score makes).
 """
 
 from __future__ import annotations
