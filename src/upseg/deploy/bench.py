@@ -92,7 +92,7 @@ def load_bench_models(
     """Models from methods (`upseg sweep` syntax, fresh random weights, one per resolution)
     or run directories (their own weights and sizes; `resolutions` do not apply to them).
     Returns the models and the skipped (method, input, reason) combinations."""
-    from upseg.models import build, method_name, parse_method
+    from upseg.models import BASELINE, build, method_name, parse_method
     from upseg.models.profile import activation_mb, count_macs
     from upseg.models.registry import make_backbone
 
@@ -113,7 +113,7 @@ def load_bench_models(
             entries.append(entry(f"{Path(spec).name} ({label})", model, model.output_size))
             continue
         method = parse_method(str(spec))
-        head = None if method.head == "none" else method.head
+        head = None if method.head == BASELINE else method.head
         if backbone_kwargs:  # bad options are bad usage, not a skipped size: fail here
             with torch.device("meta"):
                 make_backbone(method.backbone, in_channels, num_classes, **backbone_kwargs)

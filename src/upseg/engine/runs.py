@@ -27,6 +27,9 @@ from upseg.errors import TrainingError
 from upseg.io import atomic_path
 from upseg.models import BASELINE, LowResSegmenter, build, method_name
 
+CHECKPOINTS = ("last", "best")  # checkpoints/<name>.pt: after the last epoch, best validation
+SPLITS = ("val", "train", "all")  # the patients of a run that run_dataset reads
+
 
 def store_fingerprint(store: SliceStore) -> str:
     """A short hash of the manifest's description of a store: format, patients and their
@@ -75,7 +78,7 @@ def split_patients(config: TrainConfig, store: SliceStore) -> tuple[list[str], l
 def run_patients(config: TrainConfig, store: SliceStore, split: str) -> list[str]:
     """The patients of a run's split: 'train', 'val' or 'all'."""
     train, val = split_patients(config, store)
-    return {"train": train, "val": val, "all": store.patient_ids()}[split]
+    return dict(zip(SPLITS, (val, train, store.patient_ids()), strict=True))[split]
 
 
 def run_dataset(config: TrainConfig, store: SliceStore, split: str = "val") -> LowResPairs:
