@@ -224,18 +224,12 @@ def evaluate_run(
             )
     out = run / "evaluation"
     out.mkdir(exist_ok=True)
-    stem = f"{checkpoint}_{split}"
+    stem = out / f"{checkpoint}_{split}"
     figure_path = None
     if figures:
-        figure_path = figure(
-            run,
-            Path(against) if against else None,
-            checkpoint,
-            split,
-            num_slices,
-            out / f"{stem}_figure.png",
-            opened,
-        )
+        path = stem.with_name(f"{stem.name}_figure.png")
+        other_run = Path(against) if against else None
+        figure_path = figure(run, other_run, checkpoint, split, num_slices, path, opened)
     meta = {
         "run": str(run),
         "method": method_label(config),
@@ -248,50 +242,61 @@ def evaluate_run(
         "patients": len(scores["patients"]),
         "nsd_tolerance_px": tolerance,
     }
-    written = [out / f"{stem}.json", out / f"{stem}.csv"]
-    write_json(written[0], {**meta, "scores": scores})
-    write_csv(written[1], score_rows(scores))
-    if "stages" in scores:
-        rows = [
-            {
-                "stage_resolution": res,
-                "paper_dice": s["paper_dice"],
-                "paper_jaccard": s["paper_jaccard"],
-                "foreground_dice": s["foreground_dice"],
-                "foreground_jaccard": s["foreground_jaccard"],
-            }
-            for res, s in scores["stages"].items()
-        ]
-        written.append(out / f"{stem}_stages.csv")
-        write_csv(written[-1], rows)
-    written.append(write_csv(out / f"{stem}_patients.csv", patient_rows(scores["patients"])))
-    written.append(write_json(out / f"{stem}_summary.json", nnunet_summary(scores, tolerance)))
+    written = _write_scores(stem, meta, scores)
     if progress:
-        print(
-            f"{meta['method']} @ {config.input_size} -> {opened.size}, {checkpoint} weights "
-            f"(epoch {state['epoch']}), {split}: foreground Dice "
-            f"{scores['foreground_dice']:.4f}, paper-style Jaccard "
-            f"{scores['paper_jaccard']:.4f} (pooled over {slices} slices)"
-        )
-        for group, values in scores["patient_summary"].items():
-            print(
-                f"  per patient, {group}: Dice mean {values['dice']['mean']:.4f} median "
-                f"{values['dice']['median']:.4f}, HD95 mean {values['hd95']['mean']:.2f} px, "
-                f"NSD@{tolerance:g}px mean {values['nsd']['mean']:.4f} "
-                f"({values['dice']['n']} patients)"
-            )
+        _print_scores(meta, scores)
     if other is not None:
         rows = compare_patients(scores["patients"], other[4]["patients"], HIGHER_IS_BETTER, seed)
-        name = Path(against).resolve().name
         table = comparison_markdown(
             rows,
-            f"{meta['method']} @ {config.input_size}",
+            f"{meta['method']} @ {meta['input_size']}",
             f"{method_label(other[0])} @ {other[0].input_size}",
         )
-        written.append(write_csv(out / f"{stem}_vs_{name}.csv", rows))
-        written.append(write_text_atomic(out / f"{stem}_vs_{name}.md", table))
+        versus = stem.with_name(f"{stem.name}_vs_{Path(against).resolve().name}")
+        written.append(write_csv(versus.with_name(versus.name + ".csv"), rows))
+        written.append(write_text_atomic(versus.with_name(versus.name + ".md"), table))
         if progress:
             print(table)
     if figure_path is not None:
         written.append(figure_path)
     return written
+
+
+def _write_scores(stem: Path, meta: dict, scores: dict) -> list[Path]:
+    """STEM.json (everything), STEM.csv (pooled), STEM_stages.csv (head runs),
+    STEM_patients.csv and STEM_summary.json (nnU-Net's shape)."""
+
+    def path(suffix: str) -> Path:
+        return stem.with_name(stem.name + suffix)
+
+    written = [write_json(path(".json"), {**meta, "scores": scores})]
+    written.append(write_csv(path(".csv"), score_rows(scores)))
+    if "stages" in scores:
+        keys = ("paper_dice", "paper_jaccard", "foreground_dice", "foreground_jaccard")
+        rows = [
+            {"stage_resolution": res, **{k: s[k] for k in keys}}
+            for res, s in scores["stages"].items()
+        ]
+        written.append(write_csv(path("_stages.csv"), rows))
+    written.append(write_csv(path("_patients.csv"), patient_rows(scores["patients"])))
+    summary = nnunet_summary(scores, meta["nsd_tolerance_px"])
+    written.append(write_json(path("_summary.json"), summary))
+    return written
+
+
+def _print_scores(meta: dict, scores: dict) -> None:
+    """One line of pooled scores, one per patient group."""
+    tolerance = meta["nsd_tolerance_px"]
+    print(
+        f"{meta['method']} @ {meta['input_size']} -> {meta['output_size']}, "
+        f"{meta['checkpoint']} weights (epoch {meta['epoch']}), {meta['split']}: foreground "
+        f"Dice {scores['foreground_dice']:.4f}, paper-style Jaccard "
+        f"{scores['paper_jaccard']:.4f} (pooled over {meta['slices']} slices)"
+    )
+    for group, values in scores["patient_summary"].items():
+        print(
+            f"  per patient, {group}: Dice mean {values['dice']['mean']:.4f} median "
+            f"{values['dice']['median']:.4f}, HD95 mean {values['hd95']['mean']:.2f} px, "
+            f"NSD@{tolerance:g}px mean {values['nsd']['mean']:.4f} "
+            f"({values['dice']['n']} patients)"
+        )

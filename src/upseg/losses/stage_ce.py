@@ -13,8 +13,9 @@ PyTorch makes about a dozen passes over 33 MB tensors at R = 256, batch 32. The 
 The stage input may have any number of channels: Nc, 2 Nc (the skip head's concat stages) or
 C_f (stage 1 of a features head, the only and so the finest stage when m = 1).
 The batch is split between torch's intra-op threads (OpenMP; one thread where the compiler
-has none). Values match the PyTorch path to float32 rounding (tests/test_stage_ce.py); where
-the kernel cannot be built, callers keep the PyTorch path.
+has none). Values match the PyTorch path to float32 rounding
+(tests/losses/test_stage_ce.py); where the kernel cannot be built, callers keep the PyTorch
+path.
 """
 
 from __future__ import annotations
