@@ -24,7 +24,6 @@ A bad input is reported (file and problem), skipped, and the others are still wr
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -535,11 +534,6 @@ def find_inputs(
 
 
 # -- outputs --------------------------------------------------------------------------------
-def _tmp_path(path: Path) -> Path:
-    suffix = nifti_suffix(path) or path.suffix
-    return path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
-
-
 def write_nifti_mask(labels: np.ndarray, reference: Path, path: Path) -> None:
     """Write `labels` (the reference's 3-D grid) with the reference's affine and header
     (qform, sform and their codes, units, description), as an integer label image."""
@@ -569,13 +563,9 @@ def write_png_mask(labels: np.ndarray, path: Path) -> None:
 
 
 def _atomic(path: Path, save: Callable[[Path], None]) -> None:
-    tmp = _tmp_path(path)
-    try:
+    """`save` writes a temporary name with the mask's suffix (which picks the format)."""
+    with atomic_path(path, suffix=nifti_suffix(path) or path.suffix) as tmp:
         save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- the command ----------------------------------------------------------------------------
