@@ -234,32 +234,15 @@ def run_bench(
                 skipped.append({"method": "all", "input": "all", "runtime": name, "reason": reason})
             else:
                 usable.append(RUNTIMES[name])
-        groups = [
-            (batch, [e for e in entries if e.input_size == size])
-            for batch in batches
-            for size in dict.fromkeys(e.input_size for e in entries)
-        ]
-        steps = sum(len(g) for _, g in groups) * len(usable) * len(MODES) * (rounds + 1)
+        steps = len(entries) * len(batches) * len(usable) * len(MODES) * (rounds + 1)
         bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
-        rows = []
-        with tempfile.TemporaryDirectory(prefix="upseg-bench-") as workdir:
-            ctx = BenchContext(device, threads, Path(workdir))
-            for batch, group in groups:
-                timing = Timing(warmup, repeats, rounds, budget, bar)
-                rows += _bench_group(group, usable, batch, ctx, timing, skipped)
-                ctx.release()
-                gc.collect()
+        timing = Timing(warmup, repeats, rounds, budget, bar)
+        rows = _bench_groups(entries, usable, batches, device, threads, timing, skipped)
         bar.close()
         peak_after = compute_ceiling(device, threads, peak_shape)
     finally:
         torch.set_num_threads(previous_threads)
-    # measured before and after the cases; the better median is the machine's ceiling
-    peak = max(peak_before, peak_after, key=lambda p: p["gflops"])
-    peak = {**peak, "gflops_before_after": [peak_before["gflops"], peak_after["gflops"]]}
-    for row in rows:
-        flops = 2 * row["gmac_per_image"] * 1e9 * row["batch"] / (row["median_ms"] / 1000)
-        row["gflops"] = flops / 1e9
-        row["pct_peak"] = 100 * row["gflops"] / peak["gflops"]
+    peak = _add_rates(rows, peak_before, peak_after)
     machine = machine_info(device, threads)
     machine["load_average_before_after"] = [load_before, load_average()]
     return {
@@ -281,6 +264,41 @@ def run_bench(
         "rows": rows,
         "skipped": skipped,
     }
+
+
+def _add_rates(rows: list[dict], peak_before: dict, peak_after: dict) -> dict:
+    """Each row's achieved GFLOP/s and share of the ceiling, measured before and after the
+    cases (the better median counts); returns the ceiling."""
+    peak = max(peak_before, peak_after, key=lambda p: p["gflops"])
+    peak = {**peak, "gflops_before_after": [peak_before["gflops"], peak_after["gflops"]]}
+    for row in rows:
+        flops = 2 * row["gmac_per_image"] * 1e9 * row["batch"] / (row["median_ms"] / 1000)
+        row["gflops"] = flops / 1e9
+        row["pct_peak"] = 100 * row["gflops"] / peak["gflops"]
+    return peak
+
+
+def _bench_groups(
+    entries: list[BenchModel],
+    usable: list[Runtime],
+    batches: Sequence[int],
+    device: str,
+    threads: int,
+    timing: Timing,
+    skipped: list,
+) -> list[dict]:
+    """Every group of one batch size and one input size, one after the other; a group's
+    sessions are released before the next."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="upseg-bench-") as workdir:
+        ctx = BenchContext(device, threads, Path(workdir))
+        for batch in batches:
+            for size in dict.fromkeys(e.input_size for e in entries):
+                group = [e for e in entries if e.input_size == size]
+                rows += _bench_group(group, usable, batch, ctx, timing, skipped)
+                ctx.release()
+                gc.collect()
+    return rows
 
 
 class Timing:

@@ -107,6 +107,37 @@ def versus(head: dict, baseline: dict, group: str) -> str:
     )
 
 
+def _row(
+    run: Path, store: SliceStore, batch_size: int, baseline: dict | None = None
+) -> tuple[dict, dict]:
+    """A run's line of the table (last weights, validation patients) and its per-patient
+    scores; with the `baseline`'s per-patient scores, its Dice against the baseline's."""
+    model, config, _ = load_run(run, "last")
+    dataset = run_dataset(config, store)
+    scores = score(model, dataset, store.class_names, batch_size, per_patient=True)
+    group = primary_group(list(scores["patient_summary"]))
+    channels, r = len(store.modalities), config.input_size
+    vs_baseline = ""
+    if baseline is not None:
+        vs_baseline = versus(scores["patients"], baseline, group)
+    row = {
+        "method": method_label(config),
+        "input": r,
+        "output": store.size,
+        "foreground_dice": scores["foreground_dice"],
+        "paper_jaccard": scores["paper_jaccard"],
+        "group": group,
+        "patient_dice": scores["patient_summary"][group]["dice"]["mean"],
+        "patient_hd95": scores["patient_summary"][group]["hd95"]["mean"],
+        "vs_baseline": vs_baseline,
+        "params": count_parameters(model),
+        "gmac": count_macs(model, (1, channels, r, r)) / 1e9,
+        "latency_ms": end_to_end_latency_ms(model, channels, store.size)["median_ms"],
+        "run": str(run),
+    }
+    return row, scores["patients"]
+
+
 def run_demo(
     out: str | Path = "upseg-out/demo",
     data: str | Path | None = None,
@@ -137,33 +168,8 @@ def run_demo(
                 print(f"== {method_label(config)} at input {r} -> {store.size}")
             train_or_resume(config, progress)
             runs.append(Path(config.out))
-        patients = []
-        for run in runs:
-            model, config, _ = load_run(run, "last")
-            dataset = run_dataset(config, store)
-            scores = score(model, dataset, store.class_names, batch_size, per_patient=True)
-            patients.append(scores["patients"])
-            group = primary_group(list(scores["patient_summary"]))
-            channels = len(store.modalities)
-            rows.append(
-                {
-                    "method": method_label(config),
-                    "input": r,
-                    "output": store.size,
-                    "foreground_dice": scores["foreground_dice"],
-                    "paper_jaccard": scores["paper_jaccard"],
-                    "group": group,
-                    "patient_dice": scores["patient_summary"][group]["dice"]["mean"],
-                    "patient_hd95": scores["patient_summary"][group]["hd95"]["mean"],
-                    "vs_baseline": ""
-                    if len(patients) == 1
-                    else versus(patients[1], patients[0], group),
-                    "params": count_parameters(model),
-                    "gmac": count_macs(model, (1, channels, r, r)) / 1e9,
-                    "latency_ms": end_to_end_latency_ms(model, channels, store.size)["median_ms"],
-                    "run": str(run),
-                }
-            )
+        baseline, patients = _row(runs[0], store, batch_size)
+        rows += [baseline, _row(runs[1], store, batch_size, patients)[0]]
         figures.append(figure(runs[1], runs[0], "last", "val", 4, out / f"qualitative_r{r}.png"))
     figures.append(
         tradeoff_plot(

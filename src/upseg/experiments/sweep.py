@@ -34,6 +34,7 @@ from upseg.engine import (
     run_state,
     store_fingerprint,
 )
+from upseg.engine.config import default
 from upseg.engine.trainer import train_or_resume
 from upseg.errors import DataError, TrainingError
 from upseg.experiments.evaluate import evaluate_run
@@ -63,10 +64,10 @@ def run_sweep(
     out: str | Path,
     methods: list[str],
     resolutions: list[int],
-    folds: int = 0,
+    folds: int = default("folds"),
     seeds: tuple[int, ...] = (0,),
-    epochs: int = 10,
-    batch_size: int = 32,
+    epochs: int = default("epochs"),
+    batch_size: int = default("batch_size"),
     extra: dict | None = None,
     progress: bool = True,
     workers: int = 1,
@@ -110,30 +111,8 @@ def run_sweep(
     for _, _, config in jobs:
         run_state(config)  # a folder holding a run with other settings stops the sweep here
     deadline = None if time_limit is None else time.time() + time_limit
-    outcomes: dict[int, dict | str | None] = {}
-    bar = tqdm(total=len(jobs), desc="sweep", disable=not progress)
+    outcomes = _run_jobs([config for _, _, config in jobs], deadline, workers, progress)
 
-    def record(k: int, outcome: dict | str | None) -> None:
-        outcomes[k] = outcome
-        bar.update()
-        if progress and outcome is not None:
-            status = outcome if isinstance(outcome, str) else outcome["status"]
-            tqdm.write(f"{status}: {Path(jobs[k][2].out).name}")
-
-    if workers == 1:
-        for k, (_, _, config) in enumerate(jobs):
-            record(k, _run_job(config, deadline, None))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(_run_job, config, deadline, threads): k
-                for k, (_, _, config) in enumerate(jobs)
-            }
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-    bar.close()
     results, failed, pending = [], [], []
     for k, (method, r, config) in enumerate(jobs):
         outcome = outcomes[k]
@@ -145,6 +124,37 @@ def run_sweep(
             results.append({"method": method.name, "input": r, **outcome})
     report = _report(results, parsed, resolutions, slices, out, epochs, len(jobs), failed)
     return {**report, "failed": failed, "pending": pending}
+
+
+def _run_jobs(
+    configs: list[TrainConfig], deadline: float | None, workers: int, progress: bool
+) -> dict[int, dict | str | None]:
+    """Each run's outcome by its position (see _run_job), `workers` at a time."""
+    outcomes: dict[int, dict | str | None] = {}
+    bar = tqdm(total=len(configs), desc="sweep", disable=not progress)
+
+    def record(k: int, outcome: dict | str | None) -> None:
+        outcomes[k] = outcome
+        bar.update()
+        if progress and outcome is not None:
+            status = outcome if isinstance(outcome, str) else outcome["status"]
+            tqdm.write(f"{status}: {Path(configs[k].out).name}")
+
+    if workers == 1:
+        for k, config in enumerate(configs):
+            record(k, _run_job(config, deadline, None))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(_run_job, config, deadline, threads): k
+                for k, config in enumerate(configs)
+            }
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    bar.close()
+    return outcomes
 
 
 def _config(
@@ -281,7 +291,12 @@ def _report(
         tables += "; run the same command again to finish the others.\n" if not failed else ".\n"
         tables += "".join(f"\n- failed: {line}" for line in failed) + ("\n" if failed else "")
     write_text_atomic(out / "sweep.md", tables)
-    figures = [
+    return {"rows": rows, "tables": tables, "figures": _figures(rows, out)}
+
+
+def _figures(rows: list[dict], out: Path) -> list[Path]:
+    """Fig. 1 (GMac against Jaccard), Fig. 5 (input size against Jaccard), the curves."""
+    return [
         tradeoff_plot(
             rows,
             "gmac",
@@ -309,7 +324,6 @@ def _report(
             "Validation after every epoch (mean over each row's runs)",
         ),
     ]
-    return {"rows": rows, "tables": tables, "figures": figures}
 
 
 def _markdown(rows: list[dict], classes: list[str], epochs: int) -> str:
