@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 success, 1 bad data or a failed run, 2 bad usage or settings."""
+    """Exit codes: 0 success, 1 bad data, a failed run or a missing package, 2 bad usage or
+    settings."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -51,4 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as error:  # a missing or unreadable file named on the command line
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as error:  # a package of an extra that is not installed
+        print(f"error: {error}; pip install 'upseg[deploy]' brings it", file=sys.stderr)
         return 1
