@@ -32,8 +32,7 @@ import torch
 from upseg.deploy.export import export_onnx
 from upseg.deploy.machine import cpu_flags
 from upseg.deploy.runtimes import available_cores, ort_session
-from upseg.models import build
-from upseg.sweep import parse_method
+from upseg.models import build, parse_method
 
 UPSEG_FORM = "QOperator u8s8 per-channel 7-bit"  # what `upseg export --int8` writes
 VARIANTS = {  # name -> quantize_static settings

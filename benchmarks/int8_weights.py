@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from upseg.data import SliceStore
+from upseg.data.resize import stretch_logits
 from upseg.deploy.export import export_onnx
 from upseg.deploy.quantize import (
     OnnxModel,
@@ -26,11 +27,8 @@ from upseg.deploy.quantize import (
     calibration_positions,
     quantize_onnx,
 )
-from upseg.evaluate import score
+from upseg.engine import load_run, run_dataset, score
 from upseg.metrics import labels_from_logits
-from upseg.report import run_dataset
-from upseg.resize import stretch_logits
-from upseg.train import load_run
 
 SETTINGS = {  # name -> (per_channel, reduce_range)
     "per-channel, 8-bit weights": (True, False),

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 import torch
 from train_step import make_step, timed
 
-from upseg import native, stage_ce
 from upseg.deploy.machine import cpu_flags
-from upseg.runtime import keep_freed_memory
+from upseg.engine.memory import keep_freed_memory
+from upseg.losses import native, stage_ce
 
 
 @contextlib.contextmanager

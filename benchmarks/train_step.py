@@ -15,7 +15,7 @@ machine shared with other work it still counts only this process's own work.
 --profile prints, per variant, the operators that take the most CPU time over --steps steps
 (torch.profiler, self time per step) instead of the timing table.
 UPSEG_NATIVE=0 in the environment runs the heads without the native stage kernel
-(upseg.stage_ce), as on a machine without a C compiler.
+(upseg.losses.stage_ce), as on a machine without a C compiler.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import time
 
 import torch
 
-from upseg import native, stage_ce
-from upseg.losses import MultiScaleLoss
+from upseg.data.resize import downsample_labels
+from upseg.engine.memory import keep_freed_memory
+from upseg.losses import MultiScaleLoss, native, stage_ce
 from upseg.models import UpscalingStage, build
-from upseg.resize import downsample_labels
-from upseg.runtime import keep_freed_memory
 
 R, CLASSES, CHANNELS = 256, 4, 4
 

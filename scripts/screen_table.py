@@ -15,9 +15,9 @@ import json
 import math
 from pathlib import Path
 
+from upseg.engine import load_run, method_label, read_metrics
 from upseg.metrics import paired_difference
-from upseg.profile import count_macs
-from upseg.train import load_run, method_label, read_metrics
+from upseg.models.profile import count_macs
 
 
 def _evaluation(run: Path) -> dict:

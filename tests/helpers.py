@@ -10,7 +10,8 @@ from pathlib import Path
 
 from upseg.cli import main
 from upseg.data import PhantomReader, prepare
-from upseg.train import TrainConfig, train
+from upseg.engine import TrainConfig
+from upseg.engine.trainer import train
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Writing result files atomically (a crash never leaves half a file behind)."""
+"""Writing files and folders atomically (a crash never leaves half of one behind): every
+writer in upseg goes through these."""
 
 from __future__ import annotations
 
@@ -7,27 +8,34 @@ import csv
 import io
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def temporary_sibling(path: str | Path, keep_suffix: bool = False) -> Path:
+def temporary_sibling(
+    path: str | Path, keep_suffix: bool = False, suffix: str | None = None
+) -> Path:
     """The hidden name a file is written under before it is renamed to `path`:
     .NAME.PID.tmp, or .STEM.PID.tmpSUFFIX with `keep_suffix` (for writers that pick the
-    format from the suffix)."""
+    format from the suffix); `suffix` names a longer one to keep (.nii.gz)."""
     path = Path(path)
-    if keep_suffix:
-        return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    if keep_suffix and suffix is None:
+        suffix = path.suffix
+    if suffix and path.name.endswith(suffix):
+        return path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, keep_suffix: bool = False, suffix: str | None = None
+) -> Iterator[Path]:
     """A temporary sibling of `path` for the block to write; renamed over `path` when the
     block ends without an error, removed otherwise (Ctrl-C included), so `path` is either
     the old file or the whole new one."""
     path = Path(path)
-    tmp = temporary_sibling(path, keep_suffix)
+    tmp = temporary_sibling(path, keep_suffix, suffix)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -70,3 +78,32 @@ def written_together(paths: list[Path]) -> Iterator[list[Path]]:
     finally:
         for tmp in staged:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str | Path, work: str | Path | None = None) -> Iterator[Path]:
+    """An empty hidden folder (`work`, by default the temporary sibling of `path`) for the
+    block to fill. When the block ends without an error it takes the place of `path`: a
+    folder already there is set aside first, put back if the rename fails, and removed once
+    the new one is in place. Otherwise the work folder is removed (Ctrl-C included), so
+    `path` is either the old folder or the whole new one."""
+    path = Path(path)
+    work = temporary_sibling(path) if work is None else Path(work)
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    for stale in (work, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+        if path.exists():
+            os.rename(path, old)
+        try:
+            os.rename(work, path)
+        except BaseException:
+            if old.exists():
+                os.rename(old, path)
+            raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from upseg.data import PhantomReader
-from upseg.resize import downsample_labels
+from upseg.data.resize import downsample_labels
 
 
 def test_deterministic_from_the_seed() -> None:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from upseg.data import Case, DataError, LowResPairs, PhantomReader, SliceStore, prepare
+from upseg.data.resize import downsample_image, downsample_labels
 from upseg.data.store import patient_split
-from upseg.resize import downsample_image, downsample_labels
 
 
 def small_phantom(**kwargs) -> PhantomReader:

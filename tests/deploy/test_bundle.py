@@ -20,7 +20,9 @@ from upseg.data.errors import DataError
 from upseg.deploy import bundle as bundle_module
 from upseg.deploy.bundle import _literal, network, write_bundle
 from upseg.deploy.predict import predict
-from upseg.train import TrainConfig, load_checkpoint, load_run, train
+from upseg.engine import TrainConfig, load_run
+from upseg.engine.runs import load_checkpoint
+from upseg.engine.trainer import train
 
 TINY = {"backbone_kwargs": {"base_width": 4}, "input_size": 16, "batch_size": 2, "epochs": 1}
 MODALITIES = ("flair", "t1", "t1ce", "t2")

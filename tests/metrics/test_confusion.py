@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from monai.metrics import DiceMetric, MeanIoU
 
-from upseg.metrics import BRATS_CLASSES, BRATS_REGIONS, ConfusionMatrix, paper_dice, paper_jaccard
+from upseg.data.brats import BRATS_CLASSES, BRATS_REGIONS
+from upseg.metrics import ConfusionMatrix, paper_dice, paper_jaccard
 
 # target 0 0 0 1 1 2 / prediction 0 0 1 1 2 2  ->  rows: truth, columns: prediction
 TARGET = torch.tensor([[[0, 0, 0, 1, 1, 2]]])

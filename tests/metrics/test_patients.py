@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from upseg.metrics import BRATS_CLASSES, patient_rows, patient_scores, score_groups, summarise
+from upseg.data.brats import BRATS_CLASSES
+from upseg.metrics import patient_rows, patient_scores, score_groups, summarise
 
 
 def cubes(inner: int, outer: int, size: int = 9) -> tuple[np.ndarray, np.ndarray]:

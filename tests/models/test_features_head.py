@@ -9,15 +9,16 @@ from torch import Tensor, nn
 from upseg.losses import MultiScaleLoss
 from upseg.models import (
     HEAD_INITS,
+    Method,
     UpscalingHead,
     build,
     list_backbones,
     method_name,
+    parse_method,
     plain_head_num_params,
 )
 from upseg.models.features import split_logit_conv
-from upseg.profile import count_macs, count_parameters
-from upseg.sweep import Method, parse_method
+from upseg.models.profile import count_macs, count_parameters
 
 NARROW = {
     "unet": {"base_width": 4},

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from upseg.data.resize import stretch_logits
 from upseg.models import (
     DEFAULT_HEAD_INIT,
     HEAD_INITS,
@@ -12,9 +13,8 @@ from upseg.models import (
     plain_head_num_params,
     skip_head_num_params,
 )
-from upseg.profile import count_parameters
-from upseg.resize import stretch_logits
-from upseg.subpixel import attached_windows, window_shuffle, window_view
+from upseg.models.profile import count_parameters
+from upseg.models.subpixel import attached_windows, window_shuffle, window_view
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4, 5])

@@ -4,7 +4,7 @@ import pytest
 
 from tests.models.backbone_tester import BackboneTester
 from upseg.models import build
-from upseg.profile import count_macs, count_parameters
+from upseg.models.profile import count_macs, count_parameters
 
 
 class TestUNet(BackboneTester):

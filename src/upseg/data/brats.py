@@ -17,10 +17,12 @@ import numpy as np
 from upseg.data.case import Case
 from upseg.data.errors import DataError
 from upseg.data.volume import check_size, load_nifti, map_labels, pad_or_crop, zscore_stats
-from upseg.metrics import BRATS_CLASSES
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-CLASS_NAMES = BRATS_CLASSES
+# Class indices of upseg's BraTS reader: 0 background, 1 NCR/NET, 2 ED, 3 ET.
+BRATS_CLASSES = ("background", "NCR", "ED", "ET")
+# the challenge's evaluation regions (whole tumour, tumour core, enhancing) as sets of classes
+BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 LABEL_TO_CLASS = {0: 0, 1: 1, 2: 2, 4: 3}
 SLICE_MODES = ("brain", "tumour", "all")
 
@@ -147,7 +149,7 @@ class BratsReader:
         self.size = size
         self.modalities = tuple(modalities)
         self.slices = slices
-        self.class_names = CLASS_NAMES
+        self.class_names = BRATS_CLASSES
         self.options = {"modalities": list(self.modalities), "slices": slices}
 
     def items(self) -> list[Path]:

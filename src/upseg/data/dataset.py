@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from upseg.data.resize import downsample_labels
 from upseg.data.store import SliceStore
-from upseg.resize import downsample_labels
 
 
 class LowResPairs(Dataset):

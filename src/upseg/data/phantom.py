@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from upseg.data.brats import BRATS_CLASSES, MODALITIES
 from upseg.data.case import Case
 from upseg.data.volume import check_size, zscore
-from upseg.metrics import BRATS_CLASSES
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
-CLASS_NAMES = BRATS_CLASSES
 # tissue intensity per modality: background, scalp, CSF, grey, white, edema, enhancing, necrosis
 TISSUES = ("background", "scalp", "csf", "grey", "white", "edema", "enhancing", "necrosis")
 CONTRAST = np.array(
@@ -79,7 +77,7 @@ class PhantomReader:
         self.slices_per_patient = slices_per_patient
         self.seed = seed
         self.modalities = MODALITIES
-        self.class_names = CLASS_NAMES
+        self.class_names = BRATS_CLASSES
         self.root = None
         self.options = {
             "num_patients": num_patients,

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from upseg.data.case import Case
 from upseg.data.errors import DataError
-from upseg.io import temporary_sibling, write_json
-from upseg.resize import DOWNSAMPLE_MODES, downsample_image
+from upseg.data.resize import DOWNSAMPLE_MODES, downsample_image
+from upseg.io import replacing_folder, temporary_sibling, write_json
 
 STORE_VERSION = 1
 DEFAULT_VAL_FRACTION = {"brats": 0.15, "decathlon": 1 / 3, "folder": 0.2, "phantom": 0.25}
@@ -90,64 +90,17 @@ def prepare(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
-    work = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    (work / "cases").mkdir(parents=True)
-    try:
-        patients, total, seen = [], 0, set()
-        for k, item in enumerate(
-            tqdm(items, desc=f"prepare {reader.format}", disable=not progress)
-        ):
-            case = reader.read(item)
-            shape = case.images.shape[1:]
-            if k == 0:
-                first_shape = shape
-            elif shape != first_shape:
-                raise DataError(
-                    case.source,
-                    f"slices of shape {shape} (channels, R, R) differ from the first case's "
-                    f"{first_shape}: every image needs the same channels",
-                )
-            if case.patient_id in seen:
-                raise DataError(case.source, f"patient id {case.patient_id!r} occurs twice")
-            seen.add(case.patient_id)
-            np.save(work / "cases" / f"{k}_images.npy", case.images.astype(np.float16))
-            np.save(work / "cases" / f"{k}_masks.npy", case.masks)
-            patients.append(
-                {
-                    "id": case.patient_id,
-                    "start": total,
-                    "count": len(case.slice_indices),
-                    "source": case.source,
-                    "slice_indices": case.slice_indices.tolist(),
-                    "geometry": case.geometry,
-                }
-            )
-            total += len(case.slice_indices)
+    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    with replacing_folder(out_dir, partial) as work:
+        patients, total, channels = _read_cases(reader, items, work / "cases", progress)
         if total == 0:
             raise DataError(getattr(reader, "root", out_dir), "no slices selected in any case")
-        channels = first_shape[0]
-        size = reader.size
-        images = np.lib.format.open_memmap(
-            work / "images.npy", "w+", np.float16, (total, channels, size, size)
-        )
-        masks = np.lib.format.open_memmap(work / "masks.npy", "w+", np.uint8, (total, size, size))
-        slices = np.zeros((total, 2), dtype=np.int32)
-        for k, patient in enumerate(patients):
-            span = slice(patient["start"], patient["start"] + patient["count"])
-            images[span] = np.load(work / "cases" / f"{k}_images.npy")
-            masks[span] = np.load(work / "cases" / f"{k}_masks.npy")
-            slices[span, 0] = k
-            slices[span, 1] = patient.pop("slice_indices")
-        images.flush()
-        masks.flush()
-        del images, masks
-        np.save(work / "slices.npy", slices)
-        shutil.rmtree(work / "cases")
+        _join_cases(work, patients, total, channels, reader.size)
         split = patient_split([p["id"] for p in patients], val_fraction, seed)
         manifest = {
             "version": STORE_VERSION,
             "format": reader.format,
-            "size": size,
+            "size": reader.size,
             "num_slices": total,
             "class_names": list(reader.class_names),
             "modalities": list(reader.modalities) or [f"channel{i}" for i in range(channels)],
@@ -163,17 +116,66 @@ def prepare(
             },
         }
         write_json(work / "manifest.json", manifest)
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            out_dir.rename(old)
-            work.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out_dir
+
+
+def _read_cases(
+    reader: Reader, items: list, folder: Path, progress: bool
+) -> tuple[list[dict], int, int]:
+    """Each case's images and masks saved under `folder` (k_images.npy, k_masks.npy); returns
+    the patients' manifest entries (with their slice indices), the slice count and the
+    channel count."""
+    folder.mkdir()
+    patients, total, seen, first_shape = [], 0, set(), (0,)
+    for k, item in enumerate(tqdm(items, desc=f"prepare {reader.format}", disable=not progress)):
+        case = reader.read(item)
+        shape = case.images.shape[1:]
+        if k == 0:
+            first_shape = shape
+        elif shape != first_shape:
+            raise DataError(
+                case.source,
+                f"slices of shape {shape} (channels, R, R) differ from the first case's "
+                f"{first_shape}: every image needs the same channels",
+            )
+        if case.patient_id in seen:
+            raise DataError(case.source, f"patient id {case.patient_id!r} occurs twice")
+        seen.add(case.patient_id)
+        np.save(folder / f"{k}_images.npy", case.images.astype(np.float16))
+        np.save(folder / f"{k}_masks.npy", case.masks)
+        patients.append(
+            {
+                "id": case.patient_id,
+                "start": total,
+                "count": len(case.slice_indices),
+                "source": case.source,
+                "slice_indices": case.slice_indices.tolist(),
+                "geometry": case.geometry,
+            }
+        )
+        total += len(case.slice_indices)
+    return patients, total, first_shape[0]
+
+
+def _join_cases(work: Path, patients: list[dict], total: int, channels: int, size: int) -> None:
+    """The cases under work/cases joined into images.npy, masks.npy and slices.npy; the slice
+    indices move from the patients' entries into slices.npy."""
+    images = np.lib.format.open_memmap(
+        work / "images.npy", "w+", np.float16, (total, channels, size, size)
+    )
+    masks = np.lib.format.open_memmap(work / "masks.npy", "w+", np.uint8, (total, size, size))
+    slices = np.zeros((total, 2), dtype=np.int32)
+    for k, patient in enumerate(patients):
+        span = slice(patient["start"], patient["start"] + patient["count"])
+        images[span] = np.load(work / "cases" / f"{k}_images.npy")
+        masks[span] = np.load(work / "cases" / f"{k}_masks.npy")
+        slices[span, 0] = k
+        slices[span, 1] = patient.pop("slice_indices")
+    images.flush()
+    masks.flush()
+    del images, masks
+    np.save(work / "slices.npy", slices)
+    shutil.rmtree(work / "cases")
 
 
 def _version() -> str:

@@ -23,7 +23,7 @@ memory available when the bench starts); the others are skipped with the reason.
 records the process's peak resident set over its set-up and warm-up (Linux VmHWM, reset
 before the case), which includes the earlier cases of its group still held.
 
-Achieved GFLOP/s = 2 x MACs per image (upseg.profile.count_macs: the published layers, also
+Achieved GFLOP/s = 2 x MACs per image (upseg.models.profile.count_macs: the published layers, also
 for a folded head; resize and argmax count nothing) x batch / median time, shown against the
 machine's measured ceiling (upseg.deploy.machine.compute_ceiling: the best of a large conv in
 PyTorch and in onnxruntime and a large GEMM, with the same threads). Rows also keep the
@@ -92,10 +92,9 @@ def load_bench_models(
     """Models from methods (`upseg sweep` syntax, fresh random weights, one per resolution)
     or run directories (their own weights and sizes; `resolutions` do not apply to them).
     Returns the models and the skipped (method, input, reason) combinations."""
-    from upseg.models import build, method_name
+    from upseg.models import BASELINE, build, method_name, parse_method
+    from upseg.models.profile import activation_mb, count_macs
     from upseg.models.registry import make_backbone
-    from upseg.profile import activation_mb, count_macs
-    from upseg.sweep import parse_method
 
     def entry(name: str, model: LowResSegmenter, output: int) -> BenchModel:
         shape = (1, model.in_channels, model.input_size, model.input_size)
@@ -107,14 +106,14 @@ def load_bench_models(
     entries, skipped = [], []
     for spec in methods:
         if Path(spec).is_dir():
-            from upseg.train import load_run
+            from upseg.engine import load_run
 
             model, config, _ = load_run(spec, checkpoint)
             label = method_name(config.backbone, config.head, config.head_init, config.head_input)
             entries.append(entry(f"{Path(spec).name} ({label})", model, model.output_size))
             continue
         method = parse_method(str(spec))
-        head = None if method.head == "none" else method.head
+        head = None if method.head == BASELINE else method.head
         if backbone_kwargs:  # bad options are bad usage, not a skipped size: fail here
             with torch.device("meta"):
                 make_backbone(method.backbone, in_channels, num_classes, **backbone_kwargs)
@@ -235,32 +234,15 @@ def run_bench(
                 skipped.append({"method": "all", "input": "all", "runtime": name, "reason": reason})
             else:
                 usable.append(RUNTIMES[name])
-        groups = [
-            (batch, [e for e in entries if e.input_size == size])
-            for batch in batches
-            for size in dict.fromkeys(e.input_size for e in entries)
-        ]
-        steps = sum(len(g) for _, g in groups) * len(usable) * len(MODES) * (rounds + 1)
+        steps = len(entries) * len(batches) * len(usable) * len(MODES) * (rounds + 1)
         bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
-        rows = []
-        with tempfile.TemporaryDirectory(prefix="upseg-bench-") as workdir:
-            ctx = BenchContext(device, threads, Path(workdir))
-            for batch, group in groups:
-                timing = Timing(warmup, repeats, rounds, budget, bar)
-                rows += _bench_group(group, usable, batch, ctx, timing, skipped)
-                ctx.release()
-                gc.collect()
+        timing = Timing(warmup, repeats, rounds, budget, bar)
+        rows = _bench_groups(entries, usable, batches, device, threads, timing, skipped)
         bar.close()
         peak_after = compute_ceiling(device, threads, peak_shape)
     finally:
         torch.set_num_threads(previous_threads)
-    # measured before and after the cases; the better median is the machine's ceiling
-    peak = max(peak_before, peak_after, key=lambda p: p["gflops"])
-    peak = {**peak, "gflops_before_after": [peak_before["gflops"], peak_after["gflops"]]}
-    for row in rows:
-        flops = 2 * row["gmac_per_image"] * 1e9 * row["batch"] / (row["median_ms"] / 1000)
-        row["gflops"] = flops / 1e9
-        row["pct_peak"] = 100 * row["gflops"] / peak["gflops"]
+    peak = _add_rates(rows, peak_before, peak_after)
     machine = machine_info(device, threads)
     machine["load_average_before_after"] = [load_before, load_average()]
     return {
@@ -282,6 +264,41 @@ def run_bench(
         "rows": rows,
         "skipped": skipped,
     }
+
+
+def _add_rates(rows: list[dict], peak_before: dict, peak_after: dict) -> dict:
+    """Each row's achieved GFLOP/s and share of the ceiling, measured before and after the
+    cases (the better median counts); returns the ceiling."""
+    peak = max(peak_before, peak_after, key=lambda p: p["gflops"])
+    peak = {**peak, "gflops_before_after": [peak_before["gflops"], peak_after["gflops"]]}
+    for row in rows:
+        flops = 2 * row["gmac_per_image"] * 1e9 * row["batch"] / (row["median_ms"] / 1000)
+        row["gflops"] = flops / 1e9
+        row["pct_peak"] = 100 * row["gflops"] / peak["gflops"]
+    return peak
+
+
+def _bench_groups(
+    entries: list[BenchModel],
+    usable: list[Runtime],
+    batches: Sequence[int],
+    device: str,
+    threads: int,
+    timing: Timing,
+    skipped: list,
+) -> list[dict]:
+    """Every group of one batch size and one input size, one after the other; a group's
+    sessions are released before the next."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="upseg-bench-") as workdir:
+        ctx = BenchContext(device, threads, Path(workdir))
+        for batch in batches:
+            for size in dict.fromkeys(e.input_size for e in entries):
+                group = [e for e in entries if e.input_size == size]
+                rows += _bench_group(group, usable, batch, ctx, timing, skipped)
+                ctx.release()
+                gc.collect()
+    return rows
 
 
 class Timing:

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from upseg.data.resize import stretch_logits
 from upseg.deploy.machine import cpu_bf16_support
 from upseg.deploy.runtimes import ort_session
 from upseg.models import LowResSegmenter
-from upseg.resize import stretch_logits
 
 MODES = ("forward", "e2e")
 DEFAULT_RUNTIMES = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8")

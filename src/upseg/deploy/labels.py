@@ -8,7 +8,7 @@ exported as logits and completed by `add_label_output`.
 `add_label_output` takes an exported logits graph (upseg.deploy.export) and appends what a
 user runs after it: for a baseline (logits at r), a bilinear resize to R with the
 coordinates of torch's `align_corners=False` (ONNX Resize, mode "linear", "half_pixel", no
-antialiasing: the same as upseg.resize.stretch_logits); then ArgMax over the classes (or, on
+antialiasing: the same as upseg.data.resize.stretch_logits); then ArgMax over the classes (or, on
 request, logit > 0 for a one-channel model, as upseg.metrics.labels_from_logits). The output
 "labels" is int64, as torch's argmax, or uint8 on request.
 """

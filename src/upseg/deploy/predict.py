@@ -24,7 +24,6 @@ A bad input is reported (file and problem), skipped, and the others are still wr
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -39,20 +38,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from upseg.data import FILE_FORMATS as FORMATS
 from upseg.data import brats, decathlon, folder
 from upseg.data.errors import DataError
+from upseg.data.resize import downsample_image, stretch_logits
 from upseg.data.store import SliceStore
 from upseg.data.volume import load_nifti, stretch, undo_pad_or_crop
 from upseg.deploy.runtimes import available_cores, ort_session, torch_threads
+from upseg.engine import TrainConfig, load_run, resolve_device
 from upseg.errors import TrainingError
 from upseg.io import atomic_path
 from upseg.metrics import labels_from_logits
 from upseg.models import LowResSegmenter
-from upseg.resize import downsample_image, stretch_logits
-from upseg.train import TrainConfig, load_run, resolve_device
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-FORMATS = ("brats", "decathlon", "folder")
 RUNTIMES = ("auto", "torch", "ort")
 # predict's default: onnxruntime measured 2-10x faster end to end than eager PyTorch on the
 # CPU, with the same masks; a Predictor built directly stays on PyTorch unless asked.
@@ -533,11 +532,6 @@ def find_inputs(
 
 
 # -- outputs --------------------------------------------------------------------------------
-def _tmp_path(path: Path) -> Path:
-    suffix = nifti_suffix(path) or path.suffix
-    return path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
-
-
 def write_nifti_mask(labels: np.ndarray, reference: Path, path: Path) -> None:
     """Write `labels` (the reference's 3-D grid) with the reference's affine and header
     (qform, sform and their codes, units, description), as an integer label image."""
@@ -567,13 +561,9 @@ def write_png_mask(labels: np.ndarray, path: Path) -> None:
 
 
 def _atomic(path: Path, save: Callable[[Path], None]) -> None:
-    tmp = _tmp_path(path)
-    try:
+    """`save` writes a temporary name with the mask's suffix (which picks the format)."""
+    with atomic_path(path, suffix=nifti_suffix(path) or path.suffix) as tmp:
         save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- the command ----------------------------------------------------------------------------

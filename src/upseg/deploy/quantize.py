@@ -12,7 +12,7 @@ model in QDQ form (docs/benchmarks.md, "int8: which onnxruntime form pays").
 Calibration feeds the quantiser's MinMax calibrator inputs at r made exactly as in training
 (`run_dataset`, the store's per-r cache) from the run's TRAINING patients only, so that the
 validation patients that judge the int8 model never set its ranges. Both ONNX models are
-scored with `upseg.evaluate.score` (logits stretched bilinearly to R for a baseline,
+scored with `upseg.engine.score` (logits stretched bilinearly to R for a baseline,
 confusion matrix at R, and per patient); an int8 model whose mean per-patient Dice, in any
 class or region, is more than `max_dice_drop` below the fp32 model's is not written unless
 forced.
@@ -42,11 +42,9 @@ from upseg.data import LowResPairs, SliceStore
 from upseg.deploy.export import ExportError, export_onnx
 from upseg.deploy.outputs import check_output_file
 from upseg.deploy.runtimes import available_cores, ort_session
+from upseg.engine import TrainConfig, load_run, method_label, open_run_store, run_dataset, score
 from upseg.errors import DataError, TrainingError
-from upseg.evaluate import score
 from upseg.io import temporary_sibling, write_json
-from upseg.report import run_dataset
-from upseg.train import TrainConfig, load_run, method_label, open_run_store
 
 CALIBRATION_BATCH = 8  # slices per calibration batch; MinMax ranges do not depend on it
 INT8_FORMATS = ("qoperator", "qdq")  # onnxruntime's two layouts of a quantised graph
@@ -371,7 +369,7 @@ def quantize_export(
 
 
 def _run_store(config: TrainConfig, state: dict, run: Path) -> SliceStore:
-    """The run's store, checked to be the data it was trained on (upseg.train.open_run_store)."""
+    """The run's store, checked to be the data it was trained on (upseg.engine.open_run_store)."""
     if not (Path(config.store) / "manifest.json").is_file():
         raise DataError(
             config.store,

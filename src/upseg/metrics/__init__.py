@@ -2,8 +2,6 @@
 paired comparison of two methods over the same patients."""
 
 from upseg.metrics.confusion import (
-    BRATS_CLASSES,
-    BRATS_REGIONS,
     ConfusionMatrix,
     labels_from_logits,
     one_vs_rest,
@@ -25,8 +23,6 @@ from upseg.metrics.patients import (
 )
 
 __all__ = [
-    "BRATS_CLASSES",
-    "BRATS_REGIONS",
     "DEFAULT_TOLERANCE",
     "HIGHER_IS_BETTER",
     "PATIENT_METRICS",

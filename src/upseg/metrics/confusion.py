@@ -23,10 +23,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-# Class indices of upseg's BraTS reader: 0 background, 1 NCR/NET, 2 ED, 3 ET.
-BRATS_CLASSES = ("background", "NCR", "ED", "ET")
-BRATS_REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
-
 
 def labels_from_logits(logits: Tensor) -> Tensor:
     """(B, Nc, H, W) logits -> (B, H, W) class indices: argmax, or > 0 for one channel

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from upseg.metrics.confusion import BRATS_CLASSES, BRATS_REGIONS
+from upseg.data.brats import BRATS_CLASSES, BRATS_REGIONS
 
 DEFAULT_TOLERANCE = 2.0  # NSD tolerance, pixels at R
 PATIENT_METRICS = ("dice", "jaccard", "hd95", "nsd")

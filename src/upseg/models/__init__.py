@@ -10,21 +10,34 @@ from upseg.models.head import (
     resolve_head_init,
     skip_head_num_params,
 )
+from upseg.models.methods import (
+    BASELINE,
+    HEAD_CHOICES,
+    HEADS,
+    Method,
+    method_name,
+    parse_method,
+)
 from upseg.models.registry import get_backbone_spec, list_backbones, register_backbone
-from upseg.models.segmenter import LowResSegmenter, build, method_name
+from upseg.models.segmenter import LowResSegmenter, build
 
 __all__ = [
+    "BASELINE",
     "DEFAULT_HEAD_INIT",
     "DEFAULT_HEAD_INPUT",
+    "HEADS",
+    "HEAD_CHOICES",
     "HEAD_INITS",
     "HEAD_INPUTS",
     "LowResSegmenter",
+    "Method",
     "UpscalingHead",
     "UpscalingStage",
     "build",
     "get_backbone_spec",
     "list_backbones",
     "method_name",
+    "parse_method",
     "plain_head_num_params",
     "register_backbone",
     "resolve_head_init",

@@ -29,8 +29,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from upseg.models.features import check_logit_conv
-from upseg.stage_ce import StageTerms
-from upseg.subpixel import attach_windows, window_shuffle
+from upseg.models.subpixel import StageTerms, attach_windows, window_shuffle
 
 HeadInit = Literal["upsample", "bilinear", "pytorch"]
 HEAD_INITS: tuple[str, ...] = ("upsample", "bilinear", "pytorch")
@@ -110,9 +109,9 @@ class UpscalingStage(nn.Sequential):
 
     The forward pass computes the same linear map at the input resolution: each output
     sub-pixel is a 2 x 2 conv of the input (weights composed from the two layers), so one
-    Conv2d(Cin, 4 Nc, 2, padding 1) gives all four in a window tensor (upseg.subpixel), which one
-    strided copy turns into the output. It moves less data than the two-layer form and does
-    fewer multiply-adds, which makes training steps with the head cheaper (see
+    Conv2d(Cin, 4 Nc, 2, padding 1) gives all four in a window tensor (upseg.models.subpixel),
+    which one strided copy turns into the output. It moves less data than the two-layer form
+    and does fewer multiply-adds, which makes training steps with the head cheaper (see
     docs/benchmarks.md); parameters and state_dict are unchanged. In training the output
     carries the window tensor, which MultiScaleLoss scores directly.
     """
@@ -127,7 +126,7 @@ class UpscalingStage(nn.Sequential):
     def composed_weights(self) -> tuple[Tensor, Tensor]:
         """(4 Nc, Cin, 2, 2) weight applied to the input, (4 Nc, 1, 2, 2) weight applied to
         a map of ones (the transposed conv's bias); output channel 4 c + 2 a + b is class c
-        at sub-pixel (a, b), its window starting at row a, column b (upseg.subpixel)."""
+        at sub-pixel (a, b), its window starting at row a, column b (upseg.models.subpixel)."""
         transposed, conv = self[0], self[1]
         classes, in_channels = conv.out_channels, transposed.in_channels
         # (o, m, a, b, e, f, k, l): conv weight o <- m routed through the tap selections
@@ -167,7 +166,7 @@ class UpscalingStage(nn.Sequential):
         output = window_shuffle(windows, fast=not torch.compiler.is_exporting())
         if self.training and torch.is_grad_enabled():
             # MultiScaleLoss scores the windows: no shuffle backward, and with the native kernel
-            # no conv backward either for the finest stage (upseg.stage_ce).
+            # no conv backward either for the finest stage (upseg.losses.stage_ce).
             attach_windows(output, windows, StageTerms(x, weight, bias, rows, cols))
         return output
 
@@ -270,7 +269,7 @@ class UpscalingHead(nn.Module):
     F.interpolate(scale_factor=2, mode="bilinear") steps: the zero padding of each stage's
     3x3 conv, which spreads inwards to a band of 2^m - 1 output pixels along each side of
     Y_m (less than one input pixel). Where it differs from the baseline's one bilinear
-    stretch by 2^m (upseg.resize.stretch_logits): besides that band, m x2 steps are not one
+    stretch by 2^m (upseg.data.resize.stretch_logits): besides that band, m x2 steps are not one
     x2^m step. Both reproduce constant and linear ramps of the logits exactly inside the
     band, but repeated x2 steps smooth more (they tend to a quadratic B-spline, not a
     piecewise-linear interpolant), so the head starts close to the baseline's stretch, not

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
 from upseg.models.features import DEFAULT_HEAD_INPUT, check_head_input, split_logit_conv
 from upseg.models.folded_head import FoldedHead
-from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead, resolve_head_init
+from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead
+from upseg.models.methods import HEADS
 from upseg.models.registry import get_backbone_spec, make_backbone
-
-HeadKind = Literal["plain", "skip"] | None
-HEAD_KINDS: tuple[str | None, ...] = ("plain", "skip", None)
-
-
-def method_name(
-    backbone: str,
-    head: str | None,
-    init: str = DEFAULT_HEAD_INIT,
-    head_input: str = DEFAULT_HEAD_INPUT,
-) -> str:
-    """'elunet' for a baseline; 'elunet+plain', 'elunet+plain:pytorch' for a head whose
-    initialisation is not the default, 'elunet+plain@features' (or
-    'elunet+plain@features:bilinear') for a head that reads the backbone's features. The part
-    before ':' names the architecture, the suffix only the initialisation."""
-    if head in (None, "none"):
-        return backbone
-    init = resolve_head_init(init)
-    source = "" if check_head_input(head_input) == DEFAULT_HEAD_INPUT else f"@{head_input}"
-    return f"{backbone}+{head}{source}" + (f":{init}" if init != DEFAULT_HEAD_INIT else "")
 
 
 class LowResSegmenter(nn.Module):
@@ -147,7 +126,7 @@ def build(
     num_classes: int,
     input_size: int,
     output_size: int | None = None,
-    head: HeadKind | Literal["auto"] = "auto",
+    head: str | None = "auto",
     head_init: str = DEFAULT_HEAD_INIT,
     head_input: str = DEFAULT_HEAD_INPUT,
     **backbone_kwargs,
@@ -162,8 +141,9 @@ def build(
     """
     if head == "auto":
         head = "plain" if output_size is not None and output_size > input_size else None
-    if head not in HEAD_KINDS:
-        raise ValueError(f"unknown head {head!r}; choose 'plain', 'skip' or None (baseline)")
+    if head is not None and head not in HEADS:
+        choices = ", ".join(repr(h) for h in HEADS)
+        raise ValueError(f"unknown head {head!r}; choose {choices} or None (baseline)")
     check_head_input(head_input)
     if head_input != DEFAULT_HEAD_INPUT and head != "plain":
         raise ValueError(

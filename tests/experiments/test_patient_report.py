@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from upseg.experiments.patient_report import markdown, paired_rows, row_patients, summary_rows
+
+
+def record(method: str, r: int, seed: int, dice: dict[str, float], hd: float = 3.0) -> dict:
+    patients = {
+        pid: {"tumour": {"dice": d, "jaccard": d / (2 - d), "hd95": hd, "nsd": d}}
+        for pid, d in dice.items()
+    }
+    return {"method": method, "input": r, "seed": seed, "scores": {"patients": patients}}
+
+
+def test_seeds_are_averaged_per_patient_first() -> None:
+    runs = [
+        record("elunet+plain", 16, 0, {"a": 0.6, "b": 0.8}),
+        record("elunet+plain", 16, 1, {"a": 0.8, "b": math.nan}),
+    ]
+    patients = row_patients(runs)
+    assert patients["a"]["tumour"]["dice"] == pytest.approx(0.7)
+    assert patients["b"]["tumour"]["dice"] == pytest.approx(0.8)  # NaN seed left out
+    [row] = summary_rows(runs)
+    assert (row["runs"], row["patients"]) == (2, 2)
+    assert row["dice_mean"] == pytest.approx(0.75) and row["dice_median"] == pytest.approx(0.75)
+
+
+def test_heads_are_paired_with_their_same_size_baseline() -> None:
+    base = {f"p{i}": 0.5 + 0.01 * i for i in range(12)}
+    runs = [
+        record("elunet", 16, 0, base, hd=5.0),
+        record("elunet+plain:bilinear", 16, 0, {p: d + 0.05 for p, d in base.items()}, hd=4.0),
+        record("elunet", 32, 0, base),
+        record("unet", 16, 0, base),  # a baseline has no baseline
+    ]
+    rows = paired_rows(runs)
+    assert {(r["method"], r["against"], r["input"]) for r in rows} == {
+        ("elunet+plain:bilinear", "elunet", 16)
+    }
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["dice"]["mean"] == pytest.approx(0.05) and by_metric["dice"]["n"] == 12
+    assert by_metric["dice"]["verdict"] == "ahead"
+    assert by_metric["hd95"]["mean"] == pytest.approx(-1.0)
+    assert by_metric["hd95"]["verdict"] == "ahead"  # a smaller distance is better
+    text = markdown(summary_rows(runs), rows, tolerance=2)
+    assert (
+        "| elunet+plain:bilinear | 16 | tumour | dice | 12 | 5.0 [5.0, 5.0] | 12/12 | ahead |"
+        in (text)
+    )
+    assert "NSD@2px mean" in text
