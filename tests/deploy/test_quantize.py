@@ -114,7 +114,9 @@ def test_int8_model_is_written_runnable_and_close_to_fp32(run: Path, exported) -
     assert report["quantization"]["format"] == "QOperator"
     assert report["validation"] == {"split": "val", "slices": 8, "patients": ["phantom_0_002"]}
     assert report["export"]["max_abs_diff"] < 1e-4
-    for label in ("foreground Dice", "Jaccard (paper eq. 1)", "file size (KiB)"):
+    labels = ("foreground Dice", "Jaccard (paper eq. 1)", "file size (KiB)", "patient Dice")
+    labels += ("ms per image (batch 1)", f"on this CPU: {speed['advice']}")
+    for label in labels:
         assert label in result.stdout
     assert f"wrote {int8}" in result.stdout
 
