@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from train_step import make_step, timed
+from train_step import interleaved, make_step, paired_text, timed
 
 from upseg.deploy.machine import cpu_flags
 from upseg.engine.memory import keep_freed_memory
@@ -81,16 +81,12 @@ def main() -> None:
             compile_s = time.perf_counter() - start
             for step in forms.values():
                 timed(step, 2)
-            times: dict[str, list[float]] = {name: [] for name in forms}
-            for _ in range(args.repeats):
-                for name, step in forms.items():
-                    times[name].append(timed(step, args.steps))
+            times = interleaved(forms, args.repeats, args.steps)
             for name in forms:
                 t = statistics.median(times[name])
-                paired = [a / b for a, b in zip(times[name], times["native"], strict=True)]
                 print(
                     f"| {r} | {head} | {name} | {1000 * t:.0f} | {args.batch / t:.1f} | "
-                    f"{statistics.median(paired):.2f} ({min(paired):.2f}-{max(paired):.2f}) |"
+                    f"{paired_text(times[name], times['native'])} |"
                 )
             print(f"(input {r}, {head}: the first 2 compiled steps took {compile_s:.0f} s)")
 

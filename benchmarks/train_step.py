@@ -76,6 +76,22 @@ def make_step(
     return step
 
 
+def interleaved(steps: dict, repeats: int, count: int, clock=time.perf_counter) -> dict:
+    """Seconds per step of every variant, `repeats` times over, the variants back to back in
+    each repeat (so that a ratio within one repeat sees one machine state)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(timed(step, count, clock))
+    return times
+
+
+def paired_text(times: list[float], reference: list[float]) -> str:
+    """Median and range of the per-repeat ratios of `times` to `reference`."""
+    paired = [a / b for a, b in zip(times, reference, strict=True)]
+    return f"{statistics.median(paired):.2f} ({min(paired):.2f}-{max(paired):.2f})"
+
+
 def timed(step, steps: int, clock=time.perf_counter) -> float:
     start = clock()
     for _ in range(steps):
@@ -146,19 +162,14 @@ def main() -> None:
             for name, step in steps.items():
                 print_profile(f"input {r}, elunet{'' if name == 'baseline' else name}", step, args)
             continue
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                times[name].append(timed(step, args.steps, clock))
+        times = interleaved(steps, args.repeats, args.steps, clock)
         base = statistics.median(times["baseline"])
         for name in steps:
             t = statistics.median(times[name])
-            # each repeat times every variant back to back, so its ratio sees one machine state
-            paired = [a / b for a, b in zip(times[name], times["baseline"], strict=True)]
             print(
                 f"| {r} | elunet{'' if name == 'baseline' else name} | {1000 * t:.0f} | "
-                f"{args.batch / t:.1f} | {t / base:.2f} | {statistics.median(paired):.2f} "
-                f"({min(paired):.2f}-{max(paired):.2f}) |"
+                f"{args.batch / t:.1f} | {t / base:.2f} | "
+                f"{paired_text(times[name], times['baseline'])} |"
             )
 
 

@@ -69,11 +69,16 @@ def export_labels(
     r, channels = model.input_size, int(model.in_channels)
     write_onnx(FoldedLabels(folded, uint8), torch.randn(2, channels, r, r), dst, "labels")
     graph = onnx.load(str(dst))
-    for key, value in (metadata or {}).items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
+    _store_metadata(graph, metadata)
     onnx.save(graph, str(dst))
     return dst
+
+
+def _store_metadata(model: object, metadata: dict[str, str] | None) -> None:
+    """Key/value pairs into an onnx ModelProto's metadata_props."""
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def add_label_output(
@@ -142,9 +147,7 @@ def add_label_output(
         )
     else:
         graph.node.append(helper.make_node("ArgMax", [scores], ["labels"], axis=1, keepdims=0))
-    for key, value in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    _store_metadata(model, metadata)
     batch = dims[0]
     labels = helper.make_tensor_value_info(
         "labels",
