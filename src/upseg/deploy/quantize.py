@@ -44,7 +44,7 @@ from upseg.deploy.outputs import check_output_file
 from upseg.deploy.runtimes import available_cores, ort_session
 from upseg.engine import TrainConfig, load_run, method_label, open_run_store, run_dataset, score
 from upseg.errors import DataError, TrainingError
-from upseg.io import temporary_sibling, write_json
+from upseg.io import write_json, written_together
 
 CALIBRATION_BATCH = 8  # slices per calibration batch; MinMax ranges do not depend on it
 INT8_FORMATS = ("qoperator", "qdq")  # onnxruntime's two layouts of a quantised graph
@@ -271,8 +271,8 @@ def quantize_export(
     val_data = run_dataset(config, store, "val")
     positions = calibration_positions(len(train_data), calibration_slices)
     reader = SliceCalibration(train_data, positions)
-    tmp, report_tmp = temporary_sibling(int8_path), temporary_sibling(report_path)
-    try:
+    with written_together(written) as staged:  # all renamed into place at the end, or none
+        tmp, report_tmp = staged[0], staged[1]
         quantize_onnx(source, tmp, reader, per_channel, form=form)
         batch = batch_size or config.batch_size
         results = {}
@@ -359,12 +359,7 @@ def quantize_export(
             )
         write_json(report_tmp, report)
         if source != fp32:
-            os.replace(source, fp32)
-        os.replace(tmp, int8_path)
-        os.replace(report_tmp, report_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        report_tmp.unlink(missing_ok=True)
+            os.replace(source, staged[2])
     return report
 
 
