@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from upseg.data import LowResPairs, SliceStore
 from upseg.deploy.export import ExportError, export_onnx
 from upseg.deploy.outputs import check_output_file
-from upseg.deploy.runtimes import available_cores, ort_session
+from upseg.deploy.runtimes import ort_session
 from upseg.engine import TrainConfig, load_run, method_label, open_run_store, run_dataset, score
 from upseg.errors import DataError, TrainingError
 from upseg.io import write_json, written_together
@@ -210,11 +210,11 @@ def worst_patient_drop(before: dict[str, float], after: dict[str, float]) -> tup
     return group, drops[group]
 
 
-def time_models(paths: dict[str, Path], image: np.ndarray, calls: int = 20) -> dict[str, float]:
-    """Median ms per forward of each model on `image`, the models' calls interleaved so that
-    a busy CPU slows both alike (3 warm-up calls each first)."""
-
-    sessions = {name: ort_session(path, spinning=True) for name, path in paths.items()}
+def time_models(
+    sessions: dict[str, object], image: np.ndarray, calls: int = 20
+) -> dict[str, float]:
+    """Median ms per forward of each onnxruntime session on `image`, the models' calls
+    interleaved so that a busy CPU slows both alike (3 warm-up calls each first)."""
     for session in sessions.values():
         for _ in range(3):
             session.run(None, {"image": image})
@@ -275,10 +275,11 @@ def quantize_export(
         tmp, report_tmp = staged[0], staged[1]
         quantize_onnx(source, tmp, reader, per_channel, form=form)
         batch = batch_size or config.batch_size
+        models = {"fp32": OnnxModel(source), "int8": OnnxModel(tmp)}
         results = {}
-        for name, path in (("fp32", source), ("int8", tmp)):
+        for name, onnx_model in models.items():
             results[name] = score(
-                OnnxModel(path),
+                onnx_model,
                 val_data,
                 store.class_names,
                 batch,
@@ -288,7 +289,8 @@ def quantize_export(
         before, after = _scores(results["fp32"]), _scores(results["int8"])
         group, drop = worst_patient_drop(before, after)
         accepted = drop <= max_dice_drop  # False for NaN: an undefined Dice cannot pass
-        speed = time_models({"fp32": source, "int8": tmp}, val_data[0]["image"][None].numpy())
+        sessions = {name: onnx_model.session for name, onnx_model in models.items()}
+        speed = time_models(sessions, val_data[0]["image"][None].numpy())
         speedup = speed["fp32"] / speed["int8"]
         report = {
             "run": str(run),
@@ -318,7 +320,7 @@ def quantize_export(
                 "advice": "deploy int8"
                 if speedup >= PAYS
                 else f"deploy fp32: int8 runs {speedup:.2f}x fp32 here, under {PAYS}x",
-                "threads": available_cores(),
+                "threads": torch.get_num_threads(),  # what OnnxModel's sessions use
             },
             "quantization": {
                 "format": {"qoperator": "QOperator", "qdq": "QDQ"}[form],
