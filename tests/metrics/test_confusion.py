@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from monai.metrics import DiceMetric, MeanIoU
 
 from upseg.data.brats import BRATS_CLASSES, BRATS_REGIONS
-from upseg.metrics import ConfusionMatrix, paper_dice, paper_jaccard
+from upseg.metrics import ConfusionMatrix, labels_from_logits, paper_dice, paper_jaccard
 
 # target 0 0 0 1 1 2 / prediction 0 0 1 1 2 2  ->  rows: truth, columns: prediction
 TARGET = torch.tensor([[[0, 0, 0, 1, 1, 2]]])
@@ -63,6 +63,17 @@ def test_logits_are_argmaxed_and_one_channel_thresholded() -> None:
     binary = ConfusionMatrix(2)
     binary.update(torch.tensor([[[[-1.0, 2.0]]]]), torch.tensor([[[0, 1]]]))
     assert binary.counts.tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4, 5])
+def test_labels_from_logits_is_torch_argmax(classes: int) -> None:
+    generator = torch.Generator().manual_seed(classes)
+    # small integers make ties common: the first maximum must win, as in torch.argmax
+    logits = torch.randint(-2, 3, (3, classes, 9, 7), generator=generator).float()
+    assert torch.equal(labels_from_logits(logits), logits.argmax(1))
+    logits[1, classes - 1, 4, 4] = float("nan")
+    assert torch.equal(labels_from_logits(logits), logits.argmax(1))
+    assert labels_from_logits(logits).dtype == torch.int64
 
 
 def test_absent_class_is_nan_and_left_out_of_means() -> None:

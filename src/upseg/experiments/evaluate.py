@@ -23,7 +23,13 @@ from upseg.engine import (
 from upseg.errors import TrainingError
 from upseg.experiments.patient_report import interval_text, score_text
 from upseg.io import write_csv, write_json, write_text_atomic
-from upseg.metrics import DEFAULT_TOLERANCE, HIGHER_IS_BETTER, compare_patients, patient_rows
+from upseg.metrics import (
+    DEFAULT_TOLERANCE,
+    HIGHER_IS_BETTER,
+    compare_patients,
+    labels_from_logits,
+    patient_rows,
+)
 from upseg.plots import qualitative_grid
 
 SCORE_KEYS = ("paper_dice", "paper_jaccard", "dice", "jaccard")
@@ -55,10 +61,7 @@ def score_rows(scores: dict) -> list[dict]:
 
 @torch.no_grad()
 def _predict_labels(model, images: torch.Tensor, size: int) -> np.ndarray:
-    logits = stretch_logits(model(images).float(), size)
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long().numpy()
-    return logits.argmax(1).numpy()
+    return labels_from_logits(stretch_logits(model(images).float(), size)).numpy()
 
 
 def figure(

