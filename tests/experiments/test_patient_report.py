@@ -28,26 +28,34 @@ def test_seeds_are_averaged_per_patient_first() -> None:
     assert row["dice_mean"] == pytest.approx(0.75) and row["dice_median"] == pytest.approx(0.75)
 
 
-def test_heads_are_paired_with_their_same_size_baseline() -> None:
+def test_heads_are_paired_with_their_baselines() -> None:
     base = {f"p{i}": 0.5 + 0.01 * i for i in range(12)}
     runs = [
         record("elunet", 16, 0, base, hd=5.0),
         record("elunet+plain:bilinear", 16, 0, {p: d + 0.05 for p, d in base.items()}, hd=4.0),
-        record("elunet", 32, 0, base),
-        record("unet", 16, 0, base),  # a baseline has no baseline
+        record("elunet", 32, 0, {p: d + 0.08 for p, d in base.items()}),
+        record("unet", 16, 0, {p: d - 0.01 for p, d in base.items()}),  # no baseline of its own
+        record("elunet", 64, 0, base),  # not twice the head's input: not compared
     ]
     rows = paired_rows(runs)
-    assert {(r["method"], r["against"], r["input"]) for r in rows} == {
-        ("elunet+plain:bilinear", "elunet", 16)
+    assert {(r["method"], r["input"], r["against"], r["against_input"]) for r in rows} == {
+        ("elunet+plain:bilinear", 16, "elunet", 16),  # same input
+        ("elunet+plain:bilinear", 16, "elunet", 32),  # twice the input
+        ("elunet+plain:bilinear", 16, "unet", 16),  # another backbone, same input
     }
-    by_metric = {r["metric"]: r for r in rows}
-    assert by_metric["dice"]["mean"] == pytest.approx(0.05) and by_metric["dice"]["n"] == 12
-    assert by_metric["dice"]["verdict"] == "ahead"
-    assert by_metric["hd95"]["mean"] == pytest.approx(-1.0)
-    assert by_metric["hd95"]["verdict"] == "ahead"  # a smaller distance is better
+    dice = {(r["against"], r["against_input"]): r for r in rows if r["metric"] == "dice"}
+    assert dice[("elunet", 16)]["mean"] == pytest.approx(0.05) and dice[("elunet", 16)]["n"] == 12
+    assert dice[("elunet", 16)]["verdict"] == "ahead"
+    assert dice[("elunet", 32)]["mean"] == pytest.approx(-0.03)
+    assert dice[("elunet", 32)]["verdict"] == "behind"
+    assert dice[("unet", 16)]["mean"] == pytest.approx(0.06)
+    hd95 = next(r for r in rows if r["metric"] == "hd95" and r["against_input"] == 16)
+    assert hd95["mean"] == pytest.approx(-1.0)
+    assert hd95["verdict"] == "ahead"  # a smaller distance is better
     text = markdown(summary_rows(runs), rows, tolerance=2)
     assert (
-        "| elunet+plain:bilinear | 16 | tumour | dice | 12 | 5.0 [5.0, 5.0] | 12/12 | ahead |"
-        in (text)
+        "| elunet+plain:bilinear | 16 | elunet | 16 | tumour | dice | 12 | 60.5 | 55.5 | "
+        "5.0 [5.0, 5.0] | 12/12 | ahead |" in text
     )
+    assert "| elunet+plain:bilinear | 16 | elunet | 32 | tumour | dice |" in text
     assert "NSD@2px mean" in text

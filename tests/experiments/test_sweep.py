@@ -74,7 +74,7 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
     assert {(r["method"], r["against"], r["metric"]) for r in paired if r["group"] == "WT"} == {
         ("elunet+skip", "elunet", m) for m in ("dice", "hd95", "nsd")
     }
-    assert "### Paired against the same-size baseline" in tables
+    assert "### Paired comparisons" in tables
     for figure in result["figures"]:
         assert figure.is_file() and figure.stat().st_size > 5_000
     runs = sorted((out / "runs").iterdir())

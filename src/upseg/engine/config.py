@@ -80,18 +80,27 @@ class TrainConfig:
     )
     input_size: int = setting(16, help="input resolution r (default {default})")
     output_size: int | None = setting(None, help="output resolution R (default: store)")
-    loss: str = setting("ce", choices=BASE_LOSSES)
+    loss: str = setting(
+        "dice_ce",
+        choices=BASE_LOSSES,
+        help="loss per stage: dice_ce (default: soft Dice + cross-entropy, the recipe chosen in "
+        "docs/results.md), ce (the paper's), bce (one-channel models), dice",
+    )
     target_resize: str = setting("nearest", choices=TARGET_RESIZES)
     stage_weights: str = setting("equal", choices=STAGE_WEIGHTS)
     optimizer: str = setting("adam", choices=OPTIMIZERS)
     lr: float = setting(1e-3, help="learning rate (default {default})")
     weight_decay: float = setting(0.0)
     schedule: str = setting(  # per optimiser step (upseg.engine.schedule)
-        "constant",
+        "cosine",
         choices=SCHEDULES,
-        help="learning rate per step: constant (default), cosine to 0, or poly (1 - p)^0.9",
+        help="learning rate per step: cosine to 0 (default), constant, or poly (1 - p)^0.9",
     )
-    warmup_epochs: int = setting(0, help="linear warm-up from lr / steps (default {default})")
+    warmup_epochs: int = setting(
+        1,
+        help="epochs of linear warm-up from lr / steps (default {default}; at most epochs - 1, "
+        "so a one-epoch run has none)",
+    )
     epochs: int = setting(10)
     batch_size: int = setting(32)
     seed: int = setting(0)
@@ -202,7 +211,7 @@ def _check_ranges(config: TrainConfig) -> None:
         value = getattr(config, key)
         if value is not None and value < 1:
             raise ValueError(f"{key} must be at least 1, not {value}")
-    if not 0 <= config.warmup_epochs < config.epochs:
+    if not (0 <= config.warmup_epochs < config.epochs or config.warmup_epochs == 1):
         raise ValueError(
             f"warmup_epochs must be 0..{config.epochs - 1} (fewer than epochs), "
             f"not {config.warmup_epochs}"

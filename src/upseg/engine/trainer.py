@@ -229,7 +229,7 @@ class Trainer:
                 config.schedule,
                 epoch * steps + step,
                 config.epochs * steps,
-                config.warmup_epochs * steps,
+                min(config.warmup_epochs, config.epochs - 1) * steps,
             )
             for group in self.optimizer.param_groups:
                 group["lr"] = rate

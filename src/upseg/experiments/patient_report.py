@@ -1,5 +1,5 @@
-"""Per-patient tables of a sweep: each row's patient scores, and each method against the
-baseline of the same backbone at the same input size, patient by patient.
+"""Per-patient tables of a sweep: each row's patient scores, and each head against the
+baselines it must beat (see comparisons()), patient by patient.
 
 Patients are the unit. With k folds every patient is validated once per seed; its score for
 a row is the mean over that row's seeds, and the paired bootstrap (upseg.metrics.paired)
@@ -65,23 +65,39 @@ def summary_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
+def comparisons(keys: Iterable[tuple[str, int]]) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """(row, against) pairs among sweep rows (method, input): every head row against
+    - its backbone's baseline at the same input (what the head buys),
+    - that baseline at twice the input (does the head at r reach the plain network at 2r),
+    - every other backbone's baseline at the same input (the bigger-backbone alternative)."""
+    present = list(dict.fromkeys(keys))
+    pairs = []
+    for method, r in present:
+        base = baseline_of(method)
+        if base == method:
+            continue
+        wanted = [(base, r), (base, 2 * r)]
+        wanted += [(m, i) for m, i in present if i == r and baseline_of(m) == m and m != base]
+        pairs += [((method, r), key) for key in wanted if key in present]
+    return pairs
+
+
 def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:
-    """Every head row against its backbone's baseline at the same input size, on the
-    patients both score (mean over seeds per patient first)."""
+    """The comparisons() of the sweep's rows, on the patients both rows score (mean over
+    seeds per patient first). "against" and "against_input" name the other row."""
     grouped = _rows(results)
     rows = []
-    for (method, r), mine in grouped.items():
-        base = grouped.get((baseline_of(method), r))
-        if base is None or baseline_of(method) == method:
-            continue
+    for (method, r), (other, other_r) in comparisons(grouped):
         compared = compare_patients(
-            row_patients(mine),
-            row_patients(base),
+            row_patients(grouped[(method, r)]),
+            row_patients(grouped[(other, other_r)]),
             {m: HIGHER_IS_BETTER[m] for m in REPORTED},
             seed=seed,
         )
         for row in compared:
-            rows.append({"method": method, "against": baseline_of(method), "input": r, **row})
+            rows.append(
+                {"method": method, "input": r, "against": other, "against_input": other_r, **row}
+            )
     return rows
 
 
@@ -120,18 +136,20 @@ def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = 
     if paired:
         lines += [
             "",
-            "### Paired against the same-size baseline (difference = method - baseline, 95% "
-            "bootstrap interval over patients; lower HD95 is better)",
+            "### Paired comparisons (difference = method - other, 95% bootstrap interval over "
+            "patients; lower HD95 is better): each head against its baseline at the same input, "
+            "at twice the input, and against other backbones at the same input",
             "",
-            "| method | input | group | metric | patients | difference [95% CI] | better in | "
-            "verdict |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | input | against | at input | group | metric | patients | method mean | "
+            "other mean | difference [95% CI] | better in | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in paired:
             m = row["metric"]
             lines.append(
-                f"| {row['method']} | {row['input']} | {row['group']} | {m} | {row['n']} | "
-                f"{interval_text(row)} | "
-                f"{row['better']}/{row['n']} | {row['verdict']} |"
+                f"| {row['method']} | {row['input']} | {row['against']} | "
+                f"{row.get('against_input', row['input'])} | {row['group']} | {m} | {row['n']} | "
+                f"{score_text(m, row['ours'])} | {score_text(m, row['theirs'])} | "
+                f"{interval_text(row)} | {row['better']}/{row['n']} | {row['verdict']} |"
             )
     return "\n".join(lines) + "\n"
