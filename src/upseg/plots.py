@@ -113,7 +113,8 @@ def tradeoff_plot(
 
 def curves_plot(rows: Sequence[dict], path: Path, ylabel: str, title: str = "") -> Path:
     """A value after every epoch (row["curve"], epochs counted from 1): one colour per
-    row["method"], one line style per row["input"]."""
+    row["method"], one line style per row["input"]; row["curves"] (optional), the runs that
+    row["curve"] averages, are drawn thin behind it."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = list(dict.fromkeys(row["method"] for row in rows))
     sizes = sorted({row["input"] for row in rows})
@@ -121,11 +122,15 @@ def curves_plot(rows: Sequence[dict], path: Path, ylabel: str, title: str = "") 
     for row in rows:
         if not len(row["curve"]):
             continue
+        colour = f"C{methods.index(row['method']) % 10}"
+        style = styles[sizes.index(row["input"]) % len(styles)]
+        for run in row.get("curves", []):  # each run thin, so the spread shows
+            ax.plot(range(1, len(run) + 1), run, color=colour, linestyle=style, lw=0.6, alpha=0.35)
         ax.plot(
             range(1, len(row["curve"]) + 1),
             row["curve"],
-            color=f"C{methods.index(row['method']) % 10}",
-            linestyle=styles[sizes.index(row["input"]) % len(styles)],
+            color=colour,
+            linestyle=style,
             marker=".",
             label=f"{row['method']} @ {row['input']}",
         )
@@ -134,6 +139,53 @@ def curves_plot(rows: Sequence[dict], path: Path, ylabel: str, title: str = "") 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _finish(fig, ax, path, title)
+
+
+VERDICT_COLOURS = {"ahead": "#2a9d3f", "behind": "#d62728"}  # anything else: grey
+
+
+def paired_plot(rows: Sequence[dict], path: Path, title: str = "") -> Path:
+    """Forest plot of paired comparisons (upseg.metrics.compare_patients rows with method,
+    input, against, against_input, group, metric): one panel per metric, one line per
+    comparison and group, the mean difference with its 95% interval, coloured by verdict.
+    Dice and NSD in points of 100, HD95 in pixels."""
+    metrics = list(dict.fromkeys(row["metric"] for row in rows))
+    labels = list(
+        dict.fromkeys(
+            f"{r['method']} @ {r['input']} vs {r['against']} @ {r.get('against_input', r['input'])}"
+            f" · {r['group']}"
+            for r in rows
+        )
+    )
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4 + 3 * len(metrics), 1.2 + 0.32 * len(labels)), sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics, strict=True):
+        scale = 1.0 if metric == "hd95" else 100.0
+        for row in (r for r in rows if r["metric"] == metric):
+            label = (
+                f"{row['method']} @ {row['input']} vs {row['against']} @ "
+                f"{row.get('against_input', row['input'])} · {row['group']}"
+            )
+            y = len(labels) - 1 - labels.index(label)
+            mean, low, high = (scale * row[k] for k in ("mean", "low", "high"))
+            if np.isnan(mean):
+                continue
+            colour = VERDICT_COLOURS.get(row["verdict"], "#7f7f7f")
+            ax.errorbar(
+                mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color=colour, capsize=3
+            )
+        ax.axvline(0.0, color="black", lw=0.8)
+        better = "lower is better" if metric == "hd95" else "higher is better"
+        unit = "pixels" if metric == "hd95" else "points"
+        ax.set_xlabel(f"{metric} difference, {unit} ({better})")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(range(len(labels)), list(reversed(labels)), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _finish(fig: plt.Figure, ax: plt.Axes, path: Path, title: str) -> Path:

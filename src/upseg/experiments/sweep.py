@@ -43,7 +43,7 @@ from upseg.experiments.patient_report import paired_rows, summary_rows
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import Method, parse_method
 from upseg.models.profile import count_macs, count_parameters
-from upseg.plots import curves_plot, tradeoff_plot
+from upseg.plots import curves_plot, paired_plot, tradeoff_plot
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
@@ -257,6 +257,7 @@ def _report(
                 "output": store.size,
                 "runs": len(mine),
                 "curve": [statistics.fmean(c) for c in zip(*curves, strict=True)],
+                "curves": curves,
                 "params": count_parameters(model),
                 "gmac": count_macs(model, (1, len(store.modalities), r, r)) / 1e9,
                 "train_minutes": sum(x["train_seconds"] for x in mine) / 60,
@@ -277,7 +278,10 @@ def _report(
     if not rows:
         raise ValueError("the sweep has no runs to report: check --methods and --resolutions")
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "sweep.csv", [{k: v for k, v in row.items() if k != "curve"} for row in rows])
+    write_csv(
+        out / "sweep.csv",
+        [{k: v for k, v in row.items() if k not in ("curve", "curves")} for row in rows],
+    )
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
     patient_summary, paired = summary_rows(results), paired_rows(results)
@@ -291,7 +295,16 @@ def _report(
         tables += "; run the same command again to finish the others.\n" if not failed else ".\n"
         tables += "".join(f"\n- failed: {line}" for line in failed) + ("\n" if failed else "")
     write_text_atomic(out / "sweep.md", tables)
-    return {"rows": rows, "tables": tables, "figures": _figures(rows, out)}
+    figures = _figures(rows, out)
+    if paired:
+        figures.append(
+            paired_plot(
+                paired,
+                out / "paired_differences.png",
+                "Paired per-patient differences, 95% bootstrap intervals",
+            )
+        )
+    return {"rows": rows, "tables": tables, "figures": figures}
 
 
 def _figures(rows: list[dict], out: Path) -> list[Path]:
