@@ -9,7 +9,8 @@ The compile form is compiled (and warmed up) before timing; its compile time is 
 Median step time of each form and the ratio to native within each repeat are reported.
 
 usage: python benchmarks/stage_kernel.py [--sizes 16 32] [--heads plain] [--batch 32]
-       [--steps 8] [--repeats 3] [--bf16] [--threads N]
+       [--steps 8] [--repeats 3] [--bf16] [--threads N] [--loss ce|dice_ce|dice]
+       [--no-compile]
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--loss", default="ce", choices=["ce", "dice_ce", "dice"])
+    parser.add_argument("--no-compile", action="store_true", help="leave the compile form out")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -64,7 +67,8 @@ def main() -> None:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"bf16 {args.bf16}, native kernel {kernel}, CPU flags: {' '.join(flags)}"
+        f"bf16 {args.bf16}, loss {args.loss}, native kernel {kernel}, CPU flags: "
+        f"{' '.join(flags)}"
     )
     print("| input | head | form | step ms (median) | images/s | ratio to native (median, range) |")
     print("|---|---|---|---|---|---|")
@@ -72,13 +76,15 @@ def main() -> None:
         for head in args.heads:
             setup = (r, head, args.batch, args.bf16, False, False)
             forms = {
-                "native": make_step(*setup),
-                "pytorch": without_kernel(make_step(*setup)),
-                "compile": without_kernel(make_step(*setup, compiled=True)),
+                "native": make_step(*setup, loss=args.loss),
+                "pytorch": without_kernel(make_step(*setup, loss=args.loss)),
             }
-            start = time.perf_counter()
-            timed(forms["compile"], 2)  # compiles; the first calls also warm up
-            compile_s = time.perf_counter() - start
+            if not args.no_compile:
+                compiled = make_step(*setup, compiled=True, loss=args.loss)
+                forms["compile"] = without_kernel(compiled)
+                start = time.perf_counter()
+                timed(forms["compile"], 2)  # compiles; the first calls also warm up
+                compile_s = time.perf_counter() - start
             for step in forms.values():
                 timed(step, 2)
             times = interleaved(forms, args.repeats, args.steps)
@@ -88,7 +94,8 @@ def main() -> None:
                     f"| {r} | {head} | {name} | {1000 * t:.0f} | {args.batch / t:.1f} | "
                     f"{paired_text(times[name], times['native'])} |"
                 )
-            print(f"(input {r}, {head}: the first 2 compiled steps took {compile_s:.0f} s)")
+            if not args.no_compile:
+                print(f"(input {r}, {head}: the first 2 compiled steps took {compile_s:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -42,9 +42,11 @@ def make_step(
     channels_last: bool,
     layerwise: bool,
     compiled: bool = False,
+    loss: str = "ce",
 ):
     """One training step of ELU-Net (+ head) on fixed random data, as a closure. `compiled`:
-    the forward pass and the loss go through torch.compile (inductor) as one function."""
+    the forward pass and the loss go through torch.compile (inductor) as one function;
+    `loss`: MultiScaleLoss's base loss."""
     torch.manual_seed(0)
     model = build("elunet", CHANNELS, CLASSES, r, R if head else None, head=head).train()
     for module in model.modules():
@@ -52,7 +54,7 @@ def make_step(
             module.composed = not layerwise
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    criterion = MultiScaleLoss(CLASSES)
+    criterion = MultiScaleLoss(CLASSES, base=loss)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch, CHANNELS, r, r)
     if channels_last:

@@ -15,7 +15,13 @@ from upseg.losses import MultiScaleLoss, native, softmax_cross_entropy, stage_ce
 from upseg.losses.stage_ce import stage_cross_entropy
 from upseg.models import build
 from upseg.models.head import UpscalingHead, add_border
-from upseg.models.subpixel import StageTerms, attached_terms, attached_windows, unshuffle_labels
+from upseg.models.subpixel import (
+    StageTerms,
+    attached_terms,
+    attached_windows,
+    unshuffle_labels,
+    window_view,
+)
 
 
 @pytest.fixture
@@ -87,6 +93,37 @@ def test_on_windows_matches_pytorch(kernel, batch, classes, h, w) -> None:
     assert (ours[:, :, 0, :][:, 2:4] == 0).all() and (ours[:, :, -1, :][:, 0:2] == 0).all()
 
 
+@pytest.mark.parametrize("through_conv", [True, False])
+def test_class_sums_and_their_gradient_match_pytorch(kernel, through_conv: bool) -> None:
+    """P_c and I_c of a soft Dice, and a loss that weighs them (and the cross entropy) with
+    arbitrary factors, back-propagated through the kernel and through float64 PyTorch."""
+    batch, classes, h, w = 3, 4, 5, 7
+    terms, labels = make_stage(batch, 4, classes, h, w)
+    weights = torch.randn(2, classes, dtype=torch.float64)
+    windows = windows_of(terms)
+    if not through_conv:
+        windows = windows.detach().requires_grad_()
+    ce, sums = stage_ce.stage_terms(windows, terms, labels, through_conv, class_sums=True)
+    loss = 0.3 * ce + (weights * sums).sum()
+    double_terms = StageTerms(*(t.detach().double().requires_grad_() for t in terms))
+    double = windows_of(double_terms)
+    if not through_conv:
+        double = windows.detach().double().requires_grad_()
+    probs = torch.softmax(window_view(double), 1)  # (B, K, 2, 2, h, w)
+    onehot = F.one_hot(unshuffle_labels(labels).long(), classes).permute(0, 5, 1, 2, 3, 4)
+    expected_sums = torch.stack([probs.sum((0, 2, 3, 4, 5)), (probs * onehot).sum((0, 2, 3, 4, 5))])
+    torch.testing.assert_close(sums.double(), expected_sums, rtol=1e-5, atol=1e-5)
+    expected_ce = softmax_cross_entropy(double, unshuffle_labels(labels), windowed=True)
+    expected = 0.3 * expected_ce + (weights * expected_sums).sum()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    ours_inputs = list(terms) if through_conv else [windows]
+    theirs_inputs = list(double_terms) if through_conv else [double]
+    ours = torch.autograd.grad(loss, ours_inputs)
+    theirs = torch.autograd.grad(expected, theirs_inputs)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
 def test_the_sums_do_not_depend_on_timing_and_threads_agree(kernel) -> None:
     terms, labels = make_stage(7, 4, 4, 10, 10)
     threads = torch.get_num_threads()
@@ -124,7 +161,9 @@ def test_usable_only_for_what_the_kernel_computes(kernel) -> None:
     assert not stage_ce.usable(windows, doubles, labels)
 
 
-def kernel_against_torch(monkeypatch, model, output_size: int) -> list[tuple[int, bool]]:
+def kernel_against_torch(
+    monkeypatch, model, output_size: int, base: str = "ce"
+) -> list[tuple[int, bool]]:
     """One training step of `model()` (a fresh, perturbed model each call) with the kernel and
     one without; loss and every gradient must agree. Returns the kernel's calls: (input
     channels of the stage conv, whether it went through the conv)."""
@@ -136,16 +175,16 @@ def kernel_against_torch(monkeypatch, model, output_size: int) -> list[tuple[int
             p.data.add_(0.05 * torch.randn_like(p))
         x = torch.randn(2, 2, 16, 16)
         mask = torch.randint(0, 3, (2, output_size, output_size), dtype=torch.uint8)
-        loss = MultiScaleLoss(3)(net(x), mask)
+        loss = MultiScaleLoss(3, base=base)(net(x), mask)
         loss.backward()
         return loss, {n: p.grad for n, p in net.named_parameters()}
 
     calls = []
-    original = stage_ce.stage_cross_entropy
+    original = stage_ce.stage_terms
     monkeypatch.setattr(
         stage_ce,
-        "stage_cross_entropy",
-        lambda *a, **k: calls.append((a[1].x.shape[1], k["through_conv"])) or original(*a, **k),
+        "stage_terms",
+        lambda *a: calls.append((a[1].x.shape[1], a[3])) or original(*a),
     )
     native_loss, native_grads = step()
     monkeypatch.setattr(stage_ce, "usable", lambda *a: False)
@@ -157,10 +196,11 @@ def kernel_against_torch(monkeypatch, model, output_size: int) -> list[tuple[int
     return calls
 
 
+@pytest.mark.parametrize("base", ["ce", "dice_ce", "dice"])
 @pytest.mark.parametrize("head", ["plain", "skip"])
-def test_a_head_model_trains_the_same_with_and_without_the_kernel(kernel, monkeypatch, head):
+def test_a_head_model_trains_the_same_with_and_without_the_kernel(kernel, monkeypatch, head, base):
     calls = kernel_against_torch(
-        monkeypatch, lambda: build("elunet", 2, 3, 16, 128, head=head), 128
+        monkeypatch, lambda: build("elunet", 2, 3, 16, 128, head=head), 128, base
     )
     assert [c[1] for c in calls] == [False, False, True]  # the finest: through its conv
 
@@ -177,7 +217,7 @@ def test_a_features_head_trains_the_same_with_and_without_the_kernel(
         assert net.head.stages[0][0].in_channels == 8
         return net
 
-    calls = kernel_against_torch(monkeypatch, model, output_size)
+    calls = kernel_against_torch(monkeypatch, model, output_size, "dice_ce")
     assert [c[1] for c in calls] == through and calls[0][0] == 8  # stage 1 reads the features
 
 

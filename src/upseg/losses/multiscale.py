@@ -11,7 +11,8 @@ A baseline passes its single output at r and is scored against the mask resized 
 With 'ce', a head output that carries its window tensor (upseg.models.subpixel) is scored through
 that tensor: the same per-pixel terms, without the shuffle in the backward pass; with integer
 targets on the CPU in float32, by the native kernel of upseg.losses.stage_ce, which also returns the
-stage conv's gradients.
+stage conv's gradients. 'dice' and 'dice_ce' take the kernel too (it returns the soft Dice's
+class sums); where it cannot run they score the assembled output in PyTorch.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tenso
     intersection = (probs * target).sum(dims)
     denominator = probs.sum(dims) + target.sum(dims)
     return 1.0 - ((2.0 * intersection + smooth) / (denominator + smooth)).mean()
+
+
+def dice_from_sums(sums: Tensor, labels: Tensor, smooth: float = 1e-5) -> Tensor:
+    """soft_dice_loss from the class sums of upseg.losses.stage_ce: sums (2, K) = [sum of
+    probs; sum of probs where the label is the class], labels (B, H, W) integers."""
+    counts = torch.bincount(labels.reshape(-1).long(), minlength=sums.shape[1]).to(sums.dtype)
+    probs, intersection = sums
+    return 1.0 - ((2.0 * intersection + smooth) / (probs + counts + smooth)).mean()
 
 
 class MultiScaleLoss(nn.Module):
@@ -188,15 +197,21 @@ class MultiScaleLoss(nn.Module):
         """output (B, K, s, s); target: int labels (B, s, s) or class fractions (B, K, s, s).
         finest: the last output, which no later stage reads, so the native kernel can take the
         gradient through the stage's conv as well."""
-        windows = attached_windows(output) if self.base == "ce" and not self.binary else None
+        windows = attached_windows(output) if self.base != "bce" and not self.binary else None
         if windows is not None:
             terms = attached_terms(output)
             if terms is not None and stage_ce.usable(windows, terms, target):
-                return stage_ce.stage_cross_entropy(windows, terms, target, through_conv=finest)
-            # Cross entropy is a mean over pixels: score the head stage's window tensor, whose
-            # view holds the same logits, against the target viewed the same way.
-            unshuffle = unshuffle_dense if target.is_floating_point() else unshuffle_labels
-            return softmax_cross_entropy(windows, unshuffle(target), windowed=True)
+                with_dice = self.base in ("dice", "dice_ce")
+                ce, sums = stage_ce.stage_terms(windows, terms, target, finest, with_dice)
+                loss = ce if self.base != "dice" else ce.new_zeros(())
+                if with_dice:
+                    loss = loss + dice_from_sums(sums, target, self.dice_smooth)
+                return loss
+            if self.base == "ce":
+                # Cross entropy is a mean over pixels: score the head stage's window tensor,
+                # whose view holds the same logits, against the target viewed the same way.
+                unshuffle = unshuffle_dense if target.is_floating_point() else unshuffle_labels
+                return softmax_cross_entropy(windows, unshuffle(target), windowed=True)
         soft = target.is_floating_point()
         loss = output.new_zeros(())
         if self.base in ("dice", "dice_ce"):

@@ -8,8 +8,12 @@
  *   labels   (B, 2h, 2w) uint8        class of every output pixel, 0 .. Nc - 1
  * Output pixel (2i + a, 2j + b) has the logit of class c at windows[4c + 2a + b, i + a, j + b].
  *
- * forward: sum over the B * 2h * 2w pixels of log sum_c exp(l_c) - l_label.
- * backward: with d = (softmax - onehot) * scale placed at those window entries (zero elsewhere):
+ * forward: sum over the B * 2h * 2w pixels of log sum_c exp(l_c) - l_label; optionally the
+ *   class sums of a soft Dice over the batch: P_c = sum of softmax_c, I_c = sum of softmax_c
+ *   where the label is c.
+ * backward: with d = (softmax - onehot) * scale placed at those window entries (zero elsewhere),
+ *   plus, given dice_grad = (dL/dP_c, dL/dI_c), the softmax Jacobian applied to
+ *   g_c = dL/dP_c + dL/dI_c [label == c]: d_c += p_c (g_c - sum_k p_k g_k):
  *   grad_x = the transposed conv of d with weight, grad_weight = the correlation of d with x,
  *   grad_bias = sum of d per channel, grad_rows / grad_cols = sums of d on the border rows
  *   (0 and h: (K, 2, w + 1)) and on columns 0 and w of the rows between ((K, 2)).
@@ -145,10 +149,30 @@ static float phase_row(const float *logits, int64_t plane, const float *labels, 
     return logs - picked;
 }
 
-/* Images start .. stop - 1: result[0] += summed cross entropy, result[1] += non-finite logits;
- * result[1] = -1 when out of memory. */
+/* After phase_row: adds the row's softmax sums per class to sums[c] and, where the label is
+ * c, to sums[nc + c]. */
+static void add_class_sums(RowScratch s, const float *labels, int64_t nc, int64_t w,
+                           double *sums) {
+    for (int64_t c = 0; c < nc; c++) {
+        const float *e = s.exps + c * w;
+        float class_value = (float)c, all = 0.0f, hit = 0.0f;
+#pragma omp simd reduction(+ : all, hit)
+        for (int64_t j = 0; j < w; j++) {
+            float p = e[j] * s.inverse[j];
+            all += p;
+            hit += labels[j] == class_value ? p : 0.0f;
+        }
+        sums[c] += all;
+        sums[nc + c] += hit;
+    }
+}
+
+/* Images start .. stop - 1: result[0] += summed cross entropy, result[1] += non-finite logits,
+ * result[2 ..] += the class sums (add_class_sums) when `with_sums`; result[1] = -1 when out
+ * of memory. */
 static void forward_images(const float *windows, const uint8_t *labels, int64_t start,
-                           int64_t stop, int64_t nc, int64_t h, int64_t w, double *result) {
+                           int64_t stop, int64_t nc, int64_t h, int64_t w, int with_sums,
+                           double *result) {
     int64_t rows = h + 1, cols = w + 1, plane = rows * cols;
     float *memory = malloc(sizeof(float) * row_scratch_floats(nc, w));
     if (!memory) {
@@ -167,6 +191,7 @@ static void forward_images(const float *windows, const uint8_t *labels, int64_t 
                     const float *logits =
                         windows + ((n * 4 * nc + 2 * a + b) * rows + i + a) * cols + b;
                     total += phase_row(logits, plane, s.labels + b * w, nc, w, s, &nonfinite);
+                    if (with_sums) add_class_sums(s, s.labels + b * w, nc, w, result + 2);
                 }
             }
         }
@@ -181,10 +206,12 @@ static int64_t part_start(int64_t batch, int64_t part, int64_t threads) {
     return batch * part / threads;
 }
 
-/* result[0] = summed cross entropy of the batch, result[1] = non-finite logits (-1: no memory). */
+/* result[0] = summed cross entropy of the batch, result[1] = non-finite logits (-1: no memory);
+ * with `with_sums`, result[2 .. 2 + nc) = P_c and result[2 + nc .. 2 + 2 nc) = I_c. */
 void stage_ce_forward(const float *windows, const uint8_t *labels, int64_t batch, int64_t nc,
-                      int64_t h, int64_t w, int64_t threads, double *result) {
-    double *parts = calloc(2 * threads, sizeof(double));
+                      int64_t h, int64_t w, int64_t with_sums, int64_t threads, double *result) {
+    int64_t size = 2 + 2 * nc;
+    double *parts = calloc(size * threads, sizeof(double));
     if (!parts) {
         result[1] = -1.0;
         return;
@@ -192,22 +219,25 @@ void stage_ce_forward(const float *windows, const uint8_t *labels, int64_t batch
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int64_t t = 0; t < threads; t++)
         forward_images(windows, labels, part_start(batch, t, threads),
-                       part_start(batch, t + 1, threads), nc, h, w, parts + 2 * t);
-    result[0] = 0.0;
-    result[1] = 0.0;
+                       part_start(batch, t + 1, threads), nc, h, w, (int)with_sums,
+                       parts + size * t);
+    for (int64_t e = 0; e < size; e++) result[e] = 0.0;
     for (int64_t t = 0; t < threads; t++) {
-        result[0] += parts[2 * t];
-        result[1] = parts[2 * t + 1] < 0 || result[1] < 0 ? -1.0 : result[1] + parts[2 * t + 1];
+        const double *mine = parts + size * t;
+        result[0] += mine[0];
+        result[1] = mine[1] < 0 || result[1] < 0 ? -1.0 : result[1] + mine[1];
+        for (int64_t e = 2; e < size; e++) result[e] += mine[e];
     }
     free(parts);
 }
 
-/* The cross entropy's gradient at window row p of image n, times scale: row k of d (k-th
- * row `d_stride` floats after the previous) gets channel k's entries for columns 0 .. w, zero
+/* The cross entropy's gradient at window row p of image n, times scale, plus the class sums'
+ * part when dice_grad (2 nc floats: dL/dP_c, then dL/dI_c) is not NULL: row k of d (k-th row
+ * `d_stride` floats after the previous) gets channel k's entries for columns 0 .. w, zero
  * where the channel's phase does not reach. */
 static void window_grad_row(const float *windows, const uint8_t *labels, int64_t n, int64_t p,
-                            int64_t nc, int64_t h, int64_t w, float scale, RowScratch s, float *d,
-                            int64_t d_stride) {
+                            int64_t nc, int64_t h, int64_t w, float scale, const float *dice_grad,
+                            RowScratch s, float *d, int64_t d_stride) {
     int64_t K = 4 * nc, rows = h + 1, cols = w + 1, plane = rows * cols;
     int32_t nonfinite = 0; /* counted by the forward pass */
     for (int64_t a = 0; a < 2; a++) {
@@ -223,15 +253,35 @@ static void window_grad_row(const float *windows, const uint8_t *labels, int64_t
             const float *logits = windows + ((n * K + 2 * a + b) * rows + p) * cols + b;
             const float *lab = s.labels + b * w;
             phase_row(logits, plane, lab, nc, w, s, &nonfinite);
+            float *mean_g = s.max; /* free after phase_row: sum_k p_k g_k per column */
+            if (dice_grad) {
+                for (int64_t j = 0; j < w; j++) mean_g[j] = 0.0f;
+                for (int64_t c = 0; c < nc; c++) {
+                    const float *e = s.exps + c * w;
+                    float class_value = (float)c, gp = dice_grad[c], gi = dice_grad[nc + c];
+#pragma omp simd
+                    for (int64_t j = 0; j < w; j++)
+                        mean_g[j] += e[j] * s.inverse[j] * (gp + (lab[j] == class_value ? gi : 0.0f));
+                }
+            }
             for (int64_t c = 0; c < nc; c++) {
                 float *dc = d + (4 * c + 2 * a + b) * d_stride;
                 const float *e = s.exps + c * w;
                 float class_value = (float)c;
                 dc[b ? 0 : w] = 0.0f; /* the window column this phase does not reach */
                 dc += b;
+                if (dice_grad) {
+                    float gp = dice_grad[c], gi = dice_grad[nc + c];
 #pragma omp simd
-                for (int64_t j = 0; j < w; j++)
-                    dc[j] = (e[j] * s.inverse[j] - (lab[j] == class_value)) * scale;
+                    for (int64_t j = 0; j < w; j++) {
+                        float prob = e[j] * s.inverse[j], hit = lab[j] == class_value;
+                        dc[j] = (prob - hit) * scale + prob * (gp + hit * gi - mean_g[j]);
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < w; j++)
+                        dc[j] = (e[j] * s.inverse[j] - (lab[j] == class_value)) * scale;
+                }
             }
         }
     }
@@ -304,7 +354,8 @@ static void conv_grads_row(const float *d, int64_t stride, int64_t k_count, int6
  * grad_bias, grad_rows and grad_cols. Returns 0, or -1 when out of memory. */
 static int backward_images(const float *x, const float *weight, const float *windows,
                            const uint8_t *labels, int64_t start, int64_t stop, int64_t cin,
-                           int64_t nc, int64_t h, int64_t w, float scale, float *grad_x,
+                           int64_t nc, int64_t h, int64_t w, float scale,
+                           const float *dice_grad, float *grad_x,
                            float *grad_weight, float *grad_bias, float *grad_rows,
                            float *grad_cols) {
     int64_t K = 4 * nc, cols = w + 1, taps = cin * 4;
@@ -332,7 +383,7 @@ static int backward_images(const float *x, const float *weight, const float *win
                        sizeof(float) * w);
         memset(gxpad, 0, sizeof(float) * cin * pplane);
         for (int64_t p = 0; p <= h; p++) {
-            window_grad_row(windows, labels, n, p, nc, h, w, scale, s, d, stride);
+            window_grad_row(windows, labels, n, p, nc, h, w, scale, dice_grad, s, d, stride);
             for (int64_t k = 0; k < K; k++) {
                 const float *dk = d + k * stride;
                 float total = 0.0f;
@@ -373,8 +424,9 @@ done:
  * Returns 0, or -1 when out of memory. */
 int stage_ce_backward(const float *x, const float *weight, const float *windows,
                       const uint8_t *labels, int64_t batch, int64_t cin, int64_t nc, int64_t h,
-                      int64_t w, float scale, int64_t threads, float *grad_x, float *grad_weight,
-                      float *grad_bias, float *grad_rows, float *grad_cols) {
+                      int64_t w, float scale, const float *dice_grad, int64_t threads,
+                      float *grad_x, float *grad_weight, float *grad_bias, float *grad_rows,
+                      float *grad_cols) {
     int64_t K = 4 * nc, cols = w + 1;
     int64_t sizes[4] = {K * cin * 4, K, K * 2 * cols, K * 2};
     int64_t part = sizes[0] + sizes[1] + sizes[2] + sizes[3];
@@ -386,7 +438,7 @@ int stage_ce_backward(const float *x, const float *weight, const float *windows,
         float *mine = parts + t * part;
         failed |= backward_images(x, weight, windows, labels, part_start(batch, t, threads),
                                   part_start(batch, t + 1, threads), cin, nc, h, w, scale,
-                                  grad_x, mine, mine + sizes[0], mine + sizes[0] + sizes[1],
+                                  dice_grad, grad_x, mine, mine + sizes[0], mine + sizes[0] + sizes[1],
                                   mine + sizes[0] + sizes[1] + sizes[2]);
     }
     float *outputs[4] = {grad_weight, grad_bias, grad_rows, grad_cols};
@@ -403,11 +455,11 @@ int stage_ce_backward(const float *x, const float *weight, const float *windows,
     return failed ? -1 : 0;
 }
 
-/* The cross entropy's gradient with respect to the windows, times scale, into grad_windows
+/* The gradient with respect to the windows (window_grad_row) into grad_windows
  * (B, K, h + 1, w + 1), every entry written. Returns 0, or -1 when out of memory. */
 int stage_ce_window_grad(const float *windows, const uint8_t *labels, int64_t batch, int64_t nc,
-                         int64_t h, int64_t w, float scale, int64_t threads,
-                         float *grad_windows) {
+                         int64_t h, int64_t w, float scale, const float *dice_grad,
+                         int64_t threads, float *grad_windows) {
     int64_t K = 4 * nc, rows = h + 1, cols = w + 1, plane = rows * cols;
     int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(static, 1) reduction(| : failed)
@@ -421,7 +473,7 @@ int stage_ce_window_grad(const float *windows, const uint8_t *labels, int64_t ba
         for (int64_t n = part_start(batch, t, threads); n < part_start(batch, t + 1, threads);
              n++)
             for (int64_t p = 0; p <= h; p++)
-                window_grad_row(windows, labels, n, p, nc, h, w, scale, s,
+                window_grad_row(windows, labels, n, p, nc, h, w, scale, dice_grad, s,
                                 grad_windows + n * K * plane + p * cols, plane);
         free(memory);
     }
