@@ -172,7 +172,7 @@ def test_a_run_directory_is_timed_at_its_own_sizes(tmp_path: Path) -> None:
         [run], resolutions=[32], runtimes=["torch-fp32"], batches=[1], **settings
     )
     assert {(r["method"], r["input"], r["output"]) for r in result["rows"]} == {
-        ("head16 (elunet+plain)", 16, 64)
+        ("head16 (elunet+plain@features)", 16, 64)
     }
     assert len(result["rows"]) == len(bench.MODES)
 

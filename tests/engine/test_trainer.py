@@ -249,7 +249,7 @@ def test_evaluate_baseline_and_head(store: Path, tmp_path: Path) -> None:
         "last_val_figure.png",
     ]
     result = json.loads(written[0].read_text())
-    assert result["method"] == "elunet+plain" and result["output_size"] == 64
+    assert result["method"] == "elunet+plain@features" and result["output_size"] == 64
     assert sorted(result["scores"]["stages"], key=int) == ["16", "32", "64"]
     for stage in result["scores"]["stages"].values():
         assert 0 <= stage["paper_jaccard"] <= 1
@@ -383,7 +383,7 @@ def test_run_state_refuses_other_settings(store: Path, tmp_path: Path) -> None:
         run_state(config(store, run, epochs=1))
     # A baseline has no head: whatever head_init it was saved with, it is the same run.
     (run / "config.yaml").write_text(
-        yaml.safe_dump({**saved, "head": "none", "head_init": "default"})
+        yaml.safe_dump({**saved, "head": "none", "head_init": "default", "head_input": "logits"})
     )
     for init in ("default", "pytorch", "upsample"):
         assert run_state(config(store, run, epochs=1, head="none", head_init=init)) == "finished"
@@ -614,7 +614,7 @@ def test_a_features_head_trains_from_the_cli_and_loads_back(store: Path, tmp_pat
     short = {"epochs": 1, "max_steps_per_epoch": 3}
     assert run_state(config(store, run, head_input="features", **short)) == "finished"
     with pytest.raises(TrainingError, match=r"other settings \(head_input\)"):
-        run_state(config(store, run, **short))
+        run_state(config(store, run, head_input="logits", **short))
 
 
 def test_runs_saved_before_head_input_read_their_logits(store: Path, tmp_path: Path) -> None:
@@ -622,12 +622,14 @@ def test_runs_saved_before_head_input_read_their_logits(store: Path, tmp_path: P
 
     run = tmp_path / "run"
     short = {"epochs": 1, "max_steps_per_epoch": 2}
-    train(config(store, run, **short), progress=False)
+    train(config(store, run, head_input="logits", **short), progress=False)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["head_input"] == "logits"
     del saved["head_input"]  # as written before the setting existed
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert run_state(config(store, run, **short)) == "finished"
+    assert run_state(config(store, run, head_input="logits", **short)) == "finished"
+    with pytest.raises(TrainingError, match=r"other settings \(head_input\)"):
+        run_state(config(store, run, **short))  # today's default reads the features
     with pytest.raises(TrainingError, match=r"other settings \(head_input\)"):
         run_state(config(store, run, head_input="features", **short))
     model, _, _ = load_run(run, "last")

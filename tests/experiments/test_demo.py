@@ -13,9 +13,10 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
         tmp_path, resolutions=(16,), epochs=1, batch_size=8, progress=False, phantom=small
     )
     rows = result["rows"]
-    assert [r["method"] for r in rows] == ["elunet", "elunet+plain"]
+    assert [r["method"] for r in rows] == ["elunet", "elunet+plain@features"]  # the recipe
     baseline, head = rows
-    assert head["params"] - baseline["params"] == 4 * (13 * 16 + 2 * 4)  # 4 stages, Nc = 4
+    # 4 stages at Nc = 4; stage 1's transposed conv reads ELU-Net's C_f = 16 features, not Nc
+    assert head["params"] - baseline["params"] == 4 * (13 * 16 + 2 * 4) + (16 - 4) * 4 * 4
     assert 0 < baseline["gmac"] < head["gmac"] < baseline["gmac"] + 0.05
     assert all(0 <= r["foreground_dice"] <= 1 and r["latency_ms"] > 0 for r in rows)
     assert [r["group"] for r in rows] == ["WT", "WT"]  # BraTS-like phantom: whole tumour
@@ -24,7 +25,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, capsys) -> None:
     for path in result["figures"]:
         assert path.is_file() and path.stat().st_size > 5_000
     printed = capsys.readouterr().out
-    assert "| elunet+plain | 16 | 256 |" in printed
+    assert "| elunet+plain@features | 16 | 256 |" in printed
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     metrics = tmp_path / "runs" / "plain_r16" / "metrics.jsonl"
     before = metrics.stat().st_mtime_ns

@@ -101,7 +101,7 @@ def test_profile_of_a_run_directory(tmp_path: Path) -> None:
     [row] = list(csv.DictReader((tmp_path / "cost.csv").open()))
     classes = len(SliceStore(tmp_path / "s").class_names)
     assert (row["method"], row["input"], row["output"], row["run"]) == (
-        "elunet+plain",
+        "elunet+plain@features",
         "16",
         "64",
         str(run),

@@ -65,7 +65,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         required=True,
         metavar="METHOD",
         help="backbone[+HEAD[@features][:INIT]] (@features: plain head only), e.g. elunet "
-        "elunet+plain elunet+plain:pytorch elunet+plain@features",
+        "elunet+plain@features (the recipe's head) elunet+plain (the paper's, reading the "
+        "logits) elunet+plain:pytorch",
     )
     sweep.add_argument("--resolutions", type=int, nargs="+", required=True, metavar="R")
     sweep.add_argument(

@@ -65,7 +65,7 @@ MACHINE_SETTINGS = (*LOCATION_SETTINGS, *EXECUTION_SETTINGS)
 # -- what inference.json instantiates --------------------------------------------------------
 def _train_config(config: dict) -> TrainConfig:
     """A TrainConfig from the bundle's settings (which leave out the run's paths)."""
-    return TrainConfig.from_dict({**config, "store": "", "out": ""})
+    return TrainConfig.from_stored({**config, "store": "", "out": ""})
 
 
 def network(

@@ -53,6 +53,16 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+# Settings whose default changed when the LGG screen chose the recipe (docs/results.md), with
+# the value runs had before: a run folder written before a setting existed trained with these.
+FORMER_DEFAULTS: dict[str, Any] = {
+    "loss": "ce",
+    "schedule": "constant",
+    "warmup_epochs": 0,
+    "head_input": DEFAULT_HEAD_INPUT,
+}
+
+
 @dataclass
 class TrainConfig:
     store: str = setting(help="slice store made by upseg prepare")
@@ -72,11 +82,12 @@ class TrainConfig:
         help="upsample: stages start as nearest up-sampling (default); bilinear: as repeated "
         "bilinear x2; pytorch: PyTorch's layer initialisation, as in the paper",
     )
-    head_input: str = setting(  # features: plain head only
-        DEFAULT_HEAD_INPUT,
+    head_input: str | None = setting(  # features: plain head only; None: resolved below
+        None,
         choices=HEAD_INPUTS,
-        help="what the head's first stage reads: the backbone's logits (default) or the "
-        "features that feed its final 1x1 conv (plain head only)",
+        help="what the head's first stage reads: the features that feed the backbone's final "
+        "1x1 conv (default for the plain head, the recipe chosen in docs/results.md) or its "
+        "logits (the paper's head; the default of the skip head)",
     )
     input_size: int = setting(16, help="input resolution r (default {default})")
     output_size: int | None = setting(None, help="output resolution R (default: store)")
@@ -130,6 +141,8 @@ class TrainConfig:
                 with contextlib.suppress(ValueError):  # else the type check names it
                     setattr(self, key, float(value))
         _check_types(self)
+        if self.head_input is None:
+            self.head_input = "features" if self.head == "plain" else DEFAULT_HEAD_INPUT
         # A baseline has no head to initialise: one value, so baselines never differ by it.
         if self.head == BASELINE:
             self.head_init = DEFAULT_HEAD_INIT
@@ -141,6 +154,12 @@ class TrainConfig:
                 f"head_input {self.head_input!r} needs the plain head, not head {self.head!r}"
             )
         _check_ranges(self)
+
+    @classmethod
+    def from_stored(cls, values: dict) -> TrainConfig:
+        """from_dict for a configuration a run wrote: a setting it lacks (it predates the
+        setting) means what that run trained with, FORMER_DEFAULTS, not today's default."""
+        return cls.from_dict({**{k: v for k, v in FORMER_DEFAULTS.items()}, **values})
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

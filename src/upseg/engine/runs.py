@@ -132,7 +132,7 @@ def read_run_config(run: str | Path) -> TrainConfig:
         found = type(values).__name__
         raise TrainingError(f"{path}: expected a mapping of settings, found {found}")
     try:
-        config = TrainConfig.from_dict(values)
+        config = TrainConfig.from_stored(values)
     except (TypeError, ValueError) as error:
         raise TrainingError(f"{path}: {error}") from None
     config.out = str(run)
@@ -141,8 +141,9 @@ def read_run_config(run: str | Path) -> TrainConfig:
 
 def changed_settings(run: Path, config: TrainConfig) -> list[str]:
     """Settings in which the run saved at `run` differs from `config` (settings added to
-    upseg since that run count with their defaults; EXECUTION_SETTINGS and the locations do
-    not count; the store's fingerprint counts where both sides know it)."""
+    upseg since that run count with what it trained with, config.FORMER_DEFAULTS;
+    EXECUTION_SETTINGS and the locations do not count; the store's fingerprint counts where
+    both sides know it)."""
     saved = dataclasses.asdict(read_run_config(run))
     wanted = dataclasses.asdict(config)
     ignored = (*EXECUTION_SETTINGS, *LOCATION_SETTINGS)
@@ -239,7 +240,7 @@ def load_run(
         raise TrainingError(f"{run_dir}: no checkpoints/{checkpoint}.pt; is this a run folder?")
     state = load_checkpoint(path)
     try:
-        config = TrainConfig.from_dict(state["config"])
+        config = TrainConfig.from_stored(state["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise TrainingError(f"{path}: unusable configuration in the checkpoint ({error})") from None
     config.out = str(run_dir)

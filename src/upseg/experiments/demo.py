@@ -1,10 +1,10 @@
 """`upseg demo`: the baseline against the up-scaling head, measured end to end.
 
 On the built-in phantom (or a real dataset with --data), for each input size r: trains the
-ELU-Net baseline and ELU-Net + plain head (the default `upsample` start), scores both at R
-with their last weights, counts parameters and GMac, times batch-1 inference on this
-machine, and writes a table and figures. Re-running reuses finished runs and resumes
-unfinished ones.
+ELU-Net baseline and ELU-Net + plain head with TrainConfig's defaults (the recipe: features
+input, `upsample` start, dice_ce, cosine schedule), scores both at R with their last
+weights, counts parameters and GMac, times batch-1 inference on this machine, and writes a
+table and figures. Re-running reuses finished runs and resumes unfinished ones.
 """
 
 from __future__ import annotations

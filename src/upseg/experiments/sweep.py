@@ -249,7 +249,7 @@ def _report(
             mine = [x for x in results if x["method"] == method.name and x["input"] == r]
             if not mine:
                 continue
-            model = build_model(TrainConfig.from_dict(mine[0]["config"]), store)
+            model = build_model(TrainConfig.from_stored(mine[0]["config"]), store)
             curves = [x["curve"] for x in mine if len(x["curve"]) == epochs]
             row = {
                 "method": method.name,
