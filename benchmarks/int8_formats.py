@@ -9,8 +9,12 @@ speed-up over fp32. Calibration uses random normal images.
 --ops prints instead, for fp32 and upseg's int8 form, the share of each operator type in
 onnxruntime's own profile (10 calls): where the time goes, and what stays in float.
 
+--backbone-kwargs '{"upsample": "nearest"}' times ELU-Net's int8-friendly form;
+--upseg-form-only leaves the other int8 variants out.
+
 usage: python benchmarks/int8_formats.py [--method elunet] [--sizes 64 128 256]
        [--batches 1 8] [--threads 2] [--repeats 20] [--rounds 4] [--ops]
+       [--backbone-kwargs JSON] [--upseg-form-only]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 
 from upseg.deploy.export import export_onnx
 from upseg.deploy.machine import cpu_flags
+from upseg.deploy.quantize import prepare_for_quantization
 from upseg.deploy.runtimes import available_cores, ort_session
 from upseg.models import build, parse_method
 
@@ -73,16 +78,10 @@ class Calibration:
 
 
 def quantize(fp32: Path, out: Path, shape: tuple[int, ...], variant: dict) -> None:
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     prepared = out.with_name(out.stem + "-prep.onnx")
-    quant_pre_process(str(fp32), str(prepared))
+    prepare_for_quantization(fp32, prepared)
     convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
     exclude = [convs[0], convs[-1]] if variant.get("float_ends") else []
     quantize_static(
@@ -131,22 +130,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--ops", action="store_true", help="operator shares instead of timings")
+    parser.add_argument("--backbone-kwargs", type=json.loads, default={})
+    parser.add_argument("--upseg-form-only", action="store_true")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     torch.manual_seed(0)
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
-    print(f"onnxruntime {ort.__version__}, {args.threads} threads, CPU flags: {' '.join(flags)}")
+    print(
+        f"onnxruntime {ort.__version__}, {args.threads} threads, backbone options "
+        f"{args.backbone_kwargs}, CPU flags: {' '.join(flags)}"
+    )
     method = parse_method(args.method)
     with tempfile.TemporaryDirectory(prefix="upseg-int8-") as folder:
         for size in args.sizes:
             head = None if method.head == "none" else method.head
             model = build(
-                method.backbone, args.channels, args.classes, size, 256 if head else None, head=head
+                method.backbone,
+                args.channels,
+                args.classes,
+                size,
+                256 if head else None,
+                head=head,
+                **args.backbone_kwargs,
             ).eval()
             fp32 = Path(folder) / f"fp32-{size}.onnx"
             export_onnx(model, fp32)
             files = {"fp32": fp32}
-            variants = {UPSEG_FORM: VARIANTS[UPSEG_FORM]} if args.ops else VARIANTS
+            only = args.ops or args.upseg_form_only
+            variants = {UPSEG_FORM: VARIANTS[UPSEG_FORM]} if only else VARIANTS
             for name, variant in variants.items():
                 path = Path(folder) / f"{len(files)}-{size}.onnx"
                 quantize(fp32, path, (8, args.channels, size, size), variant)

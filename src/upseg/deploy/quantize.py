@@ -134,6 +134,21 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(None, {"image": image})[0])
 
 
+def prepare_for_quantization(fp32: Path, prepared: Path) -> None:
+    """onnxruntime's pre-processing (shape inference, graph clean-up) of `fp32` into
+    `prepared`. Its symbolic shape inference gives up on a Resize whose scales are an
+    initializer (nearest up-sampling, e.g. ELU-Net with upsample="nearest"); ONNX's own shape
+    inference then suffices, so that step is skipped there."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+    except Exception as error:  # onnxruntime raises a bare Exception here
+        if "symbolic shape inference" not in str(error):
+            raise
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+
+
 def quantize_onnx(
     fp32: str | Path,
     out: str | Path,
@@ -157,7 +172,6 @@ def quantize_onnx(
         CalibrationMethod,
         QuantFormat,
         QuantType,
-        quant_pre_process,
         quantize_static,
     )
 
@@ -169,7 +183,7 @@ def quantize_onnx(
     try:
         with tempfile.TemporaryDirectory(prefix="upseg-int8-") as tmp:
             prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(fp32), str(prepared))
+            prepare_for_quantization(fp32, prepared)
             quantize_static(
                 str(prepared),
                 str(out),

@@ -43,18 +43,34 @@ class Encoder(nn.Module):
         return features
 
 
+UPSAMPLINGS: tuple[str, ...] = ("transposed", "nearest")
+
+
 class UpChain(nn.Sequential):
-    """`log2(factor)` ConvTranspose2d(2, stride 2) layers at the input width, then one 3x3 conv.
+    """`log2(factor)` ConvTranspose2d(2, stride 2) layers at the input width, then one 3x3 conv
+    (`upsample="transposed"`, ELU-Net's); or, with `upsample="nearest"`, one nearest
+    up-sampling by `factor` then the 3x3 conv. The nearest form is the transposed chain with
+    the four taps of every kernel tied, its 1x1 part folded into the 3x3 conv (no activation
+    lies between them): fewer weights and MACs, and every layer has an int8 kernel in
+    onnxruntime, which has no int8 transposed convolution.
 
     (B, Cin, H, W) -> (B, Cout, H*factor, W*factor). With factor 1 it is a plain 3x3 conv.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, factor: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, factor: int, upsample: str = "transposed"
+    ) -> None:
         if factor < 1 or factor & (factor - 1):
             raise ValueError(f"UpChain factor must be a power of two, got {factor}")
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
-            for _ in range(factor.bit_length() - 1)
-        ]
+        if upsample not in UPSAMPLINGS:
+            raise ValueError(f"unknown upsample {upsample!r}; choose one of {UPSAMPLINGS}")
+        layers: list[nn.Module] = []
+        if upsample == "nearest" and factor > 1:
+            layers.append(nn.Upsample(scale_factor=factor, mode="nearest"))
+        elif upsample == "transposed":
+            layers += [
+                nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
+                for _ in range(factor.bit_length() - 1)
+            ]
         layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
         super().__init__(*layers)
