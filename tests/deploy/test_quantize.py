@@ -258,3 +258,30 @@ def test_int8_usage_errors(run: Path, tmp_path: Path) -> None:
     assert gone.returncode == 1 and str(tmp_path / "gone") in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]
+
+
+def test_nearest_elunet_quantizes_every_layer(tmp_path: Path) -> None:
+    """ELU-Net with nearest up-sampling: onnxruntime's symbolic shape inference gives up on its
+    Resize nodes (the pre-processing then skips it), and no float Conv/ConvTranspose remains."""
+    from upseg.deploy.export import export_onnx
+    from upseg.deploy.quantize import quantize_onnx
+    from upseg.models import build
+
+    torch.manual_seed(0)
+    model = build("elunet", 2, 3, 32, base_width=4, upsample="nearest").eval()
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_onnx(model, fp32)
+    images = [np.random.default_rng(i).standard_normal((2, 2, 32, 32), np.float32) for i in (0, 1)]
+
+    class Reader:
+        def get_next(self) -> dict | None:
+            return {"image": images.pop()} if images else None
+
+    quantize_onnx(fp32, int8, Reader())
+    ops = Counter(node.op_type for node in onnx.load(str(int8)).graph.node)
+    assert ops["QLinearConv"] > 0 and ops["Resize"] > 0
+    assert ops["Conv"] == 0 and ops["ConvTranspose"] == 0
+    x = np.random.default_rng(5).standard_normal((1, 2, 32, 32), np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    got = _session(int8).run(None, {"image": x})[0]
+    assert got.shape == expected.shape and np.isfinite(got).all()
