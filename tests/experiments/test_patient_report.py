@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from upseg.experiments.patient_report import markdown, paired_rows, row_patients, summary_rows
+from upseg.experiments.patient_report import (
+    markdown,
+    paired_rows,
+    patient_score_rows,
+    row_patients,
+    summary_rows,
+)
 
 
 def record(method: str, r: int, seed: int, dice: dict[str, float], hd: float = 3.0) -> dict:
@@ -59,3 +65,19 @@ def test_heads_are_paired_with_their_baselines() -> None:
     )
     assert "| elunet+plain:bilinear | 16 | elunet | 32 | tumour | dice |" in text
     assert "NSD@2px mean" in text
+
+
+def test_every_run_and_patient_gets_a_row() -> None:
+    runs = [
+        {**record("elunet", 16, 0, {"a": 0.6, "b": 0.8}), "fold": 0},
+        {**record("elunet", 16, 1, {"a": 0.7}), "fold": 0},
+    ]
+    rows = patient_score_rows(runs)
+    assert [(r["seed"], r["patient"], r["dice"]) for r in rows] == [
+        (0, "a", 0.6),
+        (0, "b", 0.8),
+        (1, "a", 0.7),
+    ]
+    assert set(rows[0]) == {
+        "method", "input", "fold", "seed", "patient", "group", "dice", "jaccard", "hd95", "nsd"
+    }  # fmt: skip

@@ -70,6 +70,8 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
     patients = list(csv.DictReader((out / "sweep_patients.csv").open()))
     wt = [r for r in patients if r["group"] == "WT"]
     assert [(r["method"], r["patients"]) for r in wt] == [("elunet", "4"), ("elunet+skip", "4")]
+    scores = list(csv.DictReader((out / "sweep_patient_scores.csv").open()))
+    assert len({(r["method"], r["patient"]) for r in scores if r["group"] == "WT"}) == 2 * 4
     paired = list(csv.DictReader((out / "sweep_paired.csv").open()))
     assert {(r["method"], r["against"], r["metric"]) for r in paired if r["group"] == "WT"} == {
         ("elunet+skip", "elunet", m) for m in ("dice", "hd95", "nsd")

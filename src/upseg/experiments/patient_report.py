@@ -49,6 +49,27 @@ def _rows(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
     return grouped
 
 
+def patient_score_rows(results: list[dict]) -> list[dict]:
+    """Every run's every patient and group: method, input, fold, seed, patient, group and the
+    per-patient metrics (nnU-Net's per-case table, for a whole sweep)."""
+    rows = []
+    for result in results:
+        for pid, groups in result["scores"].get("patients", {}).items():
+            for group, scores in groups.items():
+                rows.append(
+                    {
+                        "method": result["method"],
+                        "input": result["input"],
+                        "fold": result.get("fold"),
+                        "seed": result.get("seed"),
+                        "patient": pid,
+                        "group": group,
+                        **{m: scores[m] for m in HIGHER_IS_BETTER if m in scores},
+                    }
+                )
+    return rows
+
+
 def summary_rows(results: list[dict]) -> list[dict]:
     """One row per (method, input) and group: patients, mean and median of each metric."""
     rows = []

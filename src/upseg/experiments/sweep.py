@@ -39,7 +39,7 @@ from upseg.engine.trainer import train_or_resume
 from upseg.errors import DataError, TrainingError
 from upseg.experiments.evaluate import evaluate_run
 from upseg.experiments.patient_report import markdown as patient_markdown
-from upseg.experiments.patient_report import paired_rows, summary_rows
+from upseg.experiments.patient_report import paired_rows, patient_score_rows, summary_rows
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import Method, parse_method
 from upseg.models.profile import count_macs, count_parameters
@@ -287,6 +287,7 @@ def _report(
     patient_summary, paired = summary_rows(results), paired_rows(results)
     if patient_summary:
         write_csv(out / "sweep_patients.csv", patient_summary)
+        write_csv(out / "sweep_patient_scores.csv", patient_score_rows(results))
         tables += "\n" + patient_markdown(patient_summary, paired)
     if paired:
         write_csv(out / "sweep_paired.csv", paired)
