@@ -159,7 +159,7 @@ class TrainConfig:
     def from_stored(cls, values: dict) -> TrainConfig:
         """from_dict for a configuration a run wrote: a setting it lacks (it predates the
         setting) means what that run trained with, FORMER_DEFAULTS, not today's default."""
-        return cls.from_dict({**{k: v for k, v in FORMER_DEFAULTS.items()}, **values})
+        return cls.from_dict({**FORMER_DEFAULTS, **values})
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
