@@ -252,7 +252,7 @@ def test_bench_files_are_written_all_or_none(result: dict, tmp_path: Path, monke
         ),
         (
             ["--backbone-kwargs", '{"nope": 1}'],
-            "error: backbone 'elunet' has no option 'nope' (its options: base_width)",
+            "error: backbone 'elunet' has no option 'nope' (its options: base_width, upsample)",
         ),
     ],
 )
