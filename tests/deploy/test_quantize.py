@@ -260,9 +260,13 @@ def test_int8_usage_errors(run: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moved"]
 
 
-def test_nearest_elunet_quantizes_every_layer(tmp_path: Path) -> None:
+def test_nearest_elunet_quantizes_every_layer(tmp_path: Path, monkeypatch) -> None:
     """ELU-Net with nearest up-sampling: onnxruntime's symbolic shape inference gives up on its
-    Resize nodes (the pre-processing then skips it), and no float Conv/ConvTranspose remains."""
+    Resize nodes (the pre-processing skips it, so nothing lands in the working directory),
+    and no float Conv/ConvTranspose remains."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
     from upseg.deploy.export import export_onnx
     from upseg.deploy.quantize import quantize_onnx
     from upseg.models import build
@@ -285,3 +289,4 @@ def test_nearest_elunet_quantizes_every_layer(tmp_path: Path) -> None:
     expected = model(torch.from_numpy(x)).detach().numpy()
     got = _session(int8).run(None, {"image": x})[0]
     assert got.shape == expected.shape and np.isfinite(got).all()
+    assert list(work.iterdir()) == []

@@ -137,16 +137,14 @@ class OnnxModel(nn.Module):
 def prepare_for_quantization(fp32: Path, prepared: Path) -> None:
     """onnxruntime's pre-processing (shape inference, graph clean-up) of `fp32` into
     `prepared`. Its symbolic shape inference gives up on a Resize whose scales are an
-    initializer (nearest up-sampling, e.g. ELU-Net with upsample="nearest"); ONNX's own shape
-    inference then suffices, so that step is skipped there."""
+    initializer (nearest up-sampling, e.g. ELU-Net with upsample="nearest") and then dumps its
+    partial model into the working directory; for graphs with a Resize that step is skipped
+    (ONNX's own shape inference suffices there)."""
+    import onnx
     from onnxruntime.quantization import quant_pre_process
 
-    try:
-        quant_pre_process(str(fp32), str(prepared))
-    except Exception as error:  # onnxruntime raises a bare Exception here
-        if "symbolic shape inference" not in str(error):
-            raise
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    has_resize = any(node.op_type == "Resize" for node in onnx.load(str(fp32)).graph.node)
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=has_resize)
 
 
 def quantize_onnx(
