@@ -149,14 +149,15 @@ def paired_plot(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     input, against, against_input, group, metric): one panel per metric, one line per
     comparison and group, the mean difference with its 95% interval, coloured by verdict.
     Dice and NSD in points of 100, HD95 in pixels."""
-    metrics = list(dict.fromkeys(row["metric"] for row in rows))
-    labels = list(
-        dict.fromkeys(
-            f"{r['method']} @ {r['input']} vs {r['against']} @ {r.get('against_input', r['input'])}"
-            f" · {r['group']}"
-            for r in rows
+
+    def label(row: dict) -> str:
+        return (
+            f"{row['method']} @ {row['input']} vs {row['against']} @ {row['against_input']}"
+            f" · {row['group']}"
         )
-    )
+
+    metrics = list(dict.fromkeys(row["metric"] for row in rows))
+    labels = list(dict.fromkeys(label(row) for row in rows))
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(4 + 3 * len(metrics), 1.2 + 0.32 * len(labels)), sharey=True
     )
@@ -164,11 +165,7 @@ def paired_plot(rows: Sequence[dict], path: Path, title: str = "") -> Path:
     for ax, metric in zip(axes, metrics, strict=True):
         scale = 1.0 if metric == "hd95" else 100.0
         for row in (r for r in rows if r["metric"] == metric):
-            label = (
-                f"{row['method']} @ {row['input']} vs {row['against']} @ "
-                f"{row.get('against_input', row['input'])} · {row['group']}"
-            )
-            y = len(labels) - 1 - labels.index(label)
+            y = len(labels) - 1 - labels.index(label(row))
             mean, low, high = (scale * row[k] for k in ("mean", "low", "high"))
             if np.isnan(mean):
                 continue

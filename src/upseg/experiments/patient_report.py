@@ -169,7 +169,7 @@ def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = 
             m = row["metric"]
             lines.append(
                 f"| {row['method']} | {row['input']} | {row['against']} | "
-                f"{row.get('against_input', row['input'])} | {row['group']} | {m} | {row['n']} | "
+                f"{row['against_input']} | {row['group']} | {m} | {row['n']} | "
                 f"{score_text(m, row['ours'])} | {score_text(m, row['theirs'])} | "
                 f"{interval_text(row)} | {row['better']}/{row['n']} | {row['verdict']} |"
             )

@@ -107,7 +107,8 @@ def _scale(grad: Tensor, windows: Tensor) -> float:
 
 
 def _dice_grad(grad_sums: Tensor, class_sums: bool) -> tuple[Tensor | None, int]:
-    """The (2, Nc) gradient of the class sums as a float32 buffer and its address (0: none)."""
+    """The (2, Nc) gradient of the class sums as a float32 buffer and its address (0: none);
+    the caller holds the buffer until the kernel has read it."""
     if not class_sums:
         return None, 0
     buffer = grad_sums.detach().to(torch.float32).contiguous()
@@ -133,7 +134,7 @@ class _ThroughConv(torch.autograd.Function):
             torch.empty(channels, 2, width, dtype=torch.float32),
             torch.empty(channels, 2, dtype=torch.float32),
         )
-        buffer, dice = _dice_grad(grad_sums, ctx.class_sums)
+        _buffer, dice = _dice_grad(grad_sums, ctx.class_sums)  # held while the kernel reads it
         _check(
             native_library().stage_ce_backward(
                 x.data_ptr(), weight.data_ptr(), windows.data_ptr(), labels.data_ptr(), batch,
@@ -141,7 +142,6 @@ class _ThroughConv(torch.autograd.Function):
                 _threads(batch), *(t.data_ptr() for t in grads),
             )
         )  # fmt: skip
-        del buffer
         return (*grads, None, None, None)
 
 
@@ -158,14 +158,13 @@ class _OnWindows(torch.autograd.Function):
         windows, labels = ctx.saved_tensors
         batch, channels, height, width = windows.shape
         grad_windows = torch.empty_like(windows)
-        buffer, dice = _dice_grad(grad_sums, ctx.class_sums)
+        _buffer, dice = _dice_grad(grad_sums, ctx.class_sums)  # held while the kernel reads it
         _check(
             native_library().stage_ce_window_grad(
                 windows.data_ptr(), labels.data_ptr(), batch, channels // 4, height - 1,
                 width - 1, _scale(grad, windows), dice, _threads(batch), grad_windows.data_ptr(),
             )
         )  # fmt: skip
-        del buffer
         return grad_windows, None, None
 
 
