@@ -151,6 +151,7 @@ def main() -> None:
                 size,
                 256 if head else None,
                 head=head,
+                head_input=method.input if head else None,
                 **args.backbone_kwargs,
             ).eval()
             fp32 = Path(folder) / f"fp32-{size}.onnx"

@@ -48,7 +48,10 @@ def make_step(
     the forward pass and the loss go through torch.compile (inductor) as one function;
     `loss`: MultiScaleLoss's base loss."""
     torch.manual_seed(0)
-    model = build("elunet", CHANNELS, CLASSES, r, R if head else None, head=head).train()
+    head_input = "logits" if head else None  # the head the recorded figures were taken with
+    model = build(
+        "elunet", CHANNELS, CLASSES, r, R if head else None, head=head, head_input=head_input
+    ).train()
     for module in model.modules():
         if isinstance(module, UpscalingStage):
             module.composed = not layerwise

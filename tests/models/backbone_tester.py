@@ -72,7 +72,14 @@ class BackboneTester:
         kwargs = self.backbone_kwargs if self.narrow_kwargs is None else self.narrow_kwargs
         torch.manual_seed(0)
         logits_model = build(
-            self.backbone, IN_CHANNELS, NUM_CLASSES, size, 8 * size, head_init=init, **kwargs
+            self.backbone,
+            IN_CHANNELS,
+            NUM_CLASSES,
+            size,
+            8 * size,
+            head_init=init,
+            head_input="logits",
+            **kwargs,
         )
         torch.manual_seed(0)
         model = build(
@@ -82,9 +89,8 @@ class BackboneTester:
             size,
             8 * size,
             head_init=init,
-            head_input="features",
             **kwargs,
-        )
+        )  # the default: the plain head reads the features
         assert model.head_input == "features" and logits_model.head_input == "logits"
         conv = model.logit_conv
         assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)

@@ -32,6 +32,19 @@ def test_auto_head() -> None:
     assert build("elunet", 1, 2, 16, 256, head="skip", base_width=4).head.skip
 
 
+def test_default_head_input_is_the_recipe() -> None:
+    """The plain head reads the backbone's features unless told otherwise (the recipe chosen
+    in docs/results.md); the skip head and a baseline read or are the logits."""
+    assert build("elunet", 1, 2, 16, 64, base_width=4).head_input == "features"
+    assert build("elunet", 1, 2, 16, 64, head="plain", base_width=4).head_input == "features"
+    paper = build("elunet", 1, 2, 16, 64, head_input="logits", base_width=4)
+    assert paper.head_input == "logits" and paper.logit_conv is None
+    assert build("elunet", 1, 2, 16, 256, head="skip", base_width=4).head_input == "logits"
+    assert build("elunet", 1, 2, 16, base_width=4).head_input == "logits"
+    with pytest.raises(ValueError, match="needs the plain head"):
+        build("elunet", 1, 2, 16, 256, head="skip", head_input="features", base_width=4)
+
+
 def test_baseline_records_output_size_and_predicts_at_input_size() -> None:
     model = build("elunet", 1, 2, 16, 256, head=None, base_width=4).eval()
     assert model.output_size == 256

@@ -206,7 +206,7 @@ def test_parameters_and_macs_count_the_wider_first_stage() -> None:
     channels: 4 C_f Nc r^2 MACs instead of 4 Nc^2 r^2 + C_f Nc r^2."""
     nc, cf, r = 2, 4, 16
     torch.manual_seed(0)
-    logits = build("elunet", 1, nc, r, 256, base_width=4)
+    logits = build("elunet", 1, nc, r, 256, head_input="logits", base_width=4)
     torch.manual_seed(0)
     features = build("elunet", 1, nc, r, 256, head_input="features", base_width=4)
     assert count_parameters(features.head) == plain_head_num_params(nc, 4, cf)

@@ -25,7 +25,8 @@ def test_conv_macs_by_hand() -> None:
 
 def test_head_adds_under_a_hundredth_of_a_gmac() -> None:
     base = count_macs(build("elunet", 1, 1, 16), (1, 1, 16, 16))
-    with_head = count_macs(build("elunet", 1, 1, 16, 256), (1, 1, 16, 16))
+    paper_head = build("elunet", 1, 1, 16, 256, head_input="logits")
+    with_head = count_macs(paper_head, (1, 1, 16, 16))
     # a stage with output side s, Nc = 1: ConvTranspose 4 (s/2)^2 + 3x3 conv 9 s^2 = 10 s^2 MACs
     assert with_head - base == sum(10 * s * s for s in (32, 64, 128, 256))
     assert 0 < (with_head - base) / 1e9 < 0.01

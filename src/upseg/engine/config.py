@@ -33,6 +33,7 @@ from upseg.models import (
     HEADS,
     list_backbones,
     resolve_head_init,
+    resolve_head_input,
 )
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -141,8 +142,8 @@ class TrainConfig:
                 with contextlib.suppress(ValueError):  # else the type check names it
                     setattr(self, key, float(value))
         _check_types(self)
-        if self.head_input is None:
-            self.head_input = "features" if self.head == "plain" else DEFAULT_HEAD_INPUT
+        if self.head_input is None:  # the recipe; a bad value is named by _check_choices
+            self.head_input = resolve_head_input(self.head, None)
         # A baseline has no head to initialise: one value, so baselines never differ by it.
         if self.head == BASELINE:
             self.head_init = DEFAULT_HEAD_INIT

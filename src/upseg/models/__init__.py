@@ -1,6 +1,6 @@
 """Backbones, the up-scaling head and the segmenter that joins them."""
 
-from upseg.models.features import DEFAULT_HEAD_INPUT, HEAD_INPUTS
+from upseg.models.features import DEFAULT_HEAD_INPUT, HEAD_INPUTS, resolve_head_input
 from upseg.models.head import (
     DEFAULT_HEAD_INIT,
     HEAD_INITS,
@@ -41,5 +41,6 @@ __all__ = [
     "plain_head_num_params",
     "register_backbone",
     "resolve_head_init",
+    "resolve_head_input",
     "skip_head_num_params",
 ]

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 HEAD_INPUTS: tuple[str, ...] = ("logits", "features")
+# What a method name without '@' and a stored run without the setting mean: the paper's head,
+# reading the logits. What build() and `upseg train` pick when not told: resolve_head_input.
 DEFAULT_HEAD_INPUT = "logits"
 
 
@@ -26,6 +28,14 @@ def check_head_input(name: str) -> str:
     if name not in HEAD_INPUTS:
         raise ValueError(f"unknown head input {name!r}; choose one of {HEAD_INPUTS}")
     return name
+
+
+def resolve_head_input(head: str | None, head_input: str | None) -> str:
+    """`head_input`, or when None the recipe's choice (docs/results.md): 'features' for the
+    plain head, 'logits' for the skip head and for a baseline."""
+    if head_input is None:
+        return "features" if head == "plain" else DEFAULT_HEAD_INPUT
+    return check_head_input(head_input)
 
 
 def check_logit_conv(conv: nn.Module, num_classes: int, where: str = "the logit conv") -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from upseg.models.features import DEFAULT_HEAD_INPUT
 from upseg.models.head import UpscalingStage
 from upseg.models.methods import method_name
 from upseg.models.segmenter import build
@@ -175,6 +176,7 @@ def profile_row(
             input_size,
             output_size if head else None,
             head=head,
+            head_input=DEFAULT_HEAD_INPUT,  # the paper's head, as its Table IV counts it
             **backbone_kwargs,
         )
     return profile_model(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from upseg.models.features import DEFAULT_HEAD_INPUT, check_head_input, split_logit_conv
+from upseg.models.features import DEFAULT_HEAD_INPUT, resolve_head_input, split_logit_conv
 from upseg.models.folded_head import FoldedHead
 from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead
 from upseg.models.methods import HEADS
@@ -128,7 +128,7 @@ def build(
     output_size: int | None = None,
     head: str | None = "auto",
     head_init: str = DEFAULT_HEAD_INIT,
-    head_input: str = DEFAULT_HEAD_INPUT,
+    head_input: str | None = None,
     **backbone_kwargs,
 ) -> LowResSegmenter:
     """Build backbone + head. `backbone` is a registered name or any nn.Module that maps
@@ -138,13 +138,15 @@ def build(
     `head_input="features"`: the plain head reads the C_f channels that feed the backbone's
     final 1x1 logit conv instead of the logits (upseg.models.features finds that conv; a
     backbone without one is a ValueError); the backbone's logits at r are still returned.
+    `head_input=None` is the recipe: features for the plain head, logits otherwise; pass
+    "logits" for the paper's head (the method name `elunet+plain`).
     """
     if head == "auto":
         head = "plain" if output_size is not None and output_size > input_size else None
     if head is not None and head not in HEADS:
         choices = ", ".join(repr(h) for h in HEADS)
         raise ValueError(f"unknown head {head!r}; choose {choices} or None (baseline)")
-    check_head_input(head_input)
+    head_input = resolve_head_input(head, head_input)
     if head_input != DEFAULT_HEAD_INPUT and head != "plain":
         raise ValueError(
             f"head_input {head_input!r} needs the plain head, not "
