@@ -223,19 +223,24 @@ def worst_patient_drop(before: dict[str, float], after: dict[str, float]) -> tup
 
 
 def time_models(
-    sessions: dict[str, object], image: np.ndarray, calls: int = 20
+    sessions: dict[str, object], image: np.ndarray, calls: int = 60, rounds: int = 10
 ) -> dict[str, float]:
-    """Median ms per forward of each onnxruntime session on `image`, the models' calls
-    interleaved so that a busy CPU slows both alike (3 warm-up calls each first)."""
+    """Median ms per forward of each onnxruntime session on `image`: `calls` timed calls each,
+    in `rounds` interleaved rounds (each model's share of a round in one block after an
+    untimed call), so that a drifting CPU slows both alike. Twenty calls alternating one by
+    one moved the int8 speed-up at 128 by 0.2x between runs (docs/benchmarks.md)."""
     for session in sessions.values():
         for _ in range(3):
             session.run(None, {"image": image})
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(calls):
+    per_round = max(1, calls // rounds)
+    for _ in range(rounds):
         for name, session in sessions.items():
-            start = time.perf_counter()
             session.run(None, {"image": image})
-            times[name].append(1000 * (time.perf_counter() - start))
+            for _ in range(per_round):
+                start = time.perf_counter()
+                session.run(None, {"image": image})
+                times[name].append(1000 * (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
