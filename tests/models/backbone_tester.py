@@ -70,27 +70,22 @@ class BackboneTester:
         sub-pixel: with the same backbone weights both models give the same outputs."""
         size = 16
         kwargs = self.backbone_kwargs if self.narrow_kwargs is None else self.narrow_kwargs
-        torch.manual_seed(0)
-        logits_model = build(
-            self.backbone,
-            IN_CHANNELS,
-            NUM_CLASSES,
-            size,
-            8 * size,
-            head_init=init,
-            head_input="logits",
-            **kwargs,
-        )
-        torch.manual_seed(0)
-        model = build(
-            self.backbone,
-            IN_CHANNELS,
-            NUM_CLASSES,
-            size,
-            8 * size,
-            head_init=init,
-            **kwargs,
-        )  # the default: the plain head reads the features
+
+        def seeded_build(**extra: str) -> nn.Module:
+            torch.manual_seed(0)
+            return build(
+                self.backbone,
+                IN_CHANNELS,
+                NUM_CLASSES,
+                size,
+                8 * size,
+                head_init=init,
+                **kwargs,
+                **extra,
+            )
+
+        logits_model = seeded_build(head_input="logits")
+        model = seeded_build()  # the default: the plain head reads the features
         assert model.head_input == "features" and logits_model.head_input == "logits"
         conv = model.logit_conv
         assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
