@@ -23,9 +23,7 @@ import argparse
 import collections
 import json
 import logging
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ import torch
 
 from upseg.deploy.export import export_onnx
 from upseg.deploy.machine import cpu_flags
-from upseg.deploy.quantize import prepare_for_quantization
+from upseg.deploy.quantize import prepare_for_quantization, time_models
 from upseg.deploy.runtimes import available_cores, ort_session
 from upseg.models import build, parse_method
 
@@ -175,25 +173,11 @@ def main() -> None:
                     for name, path in files.items():
                         print_op_shares(name, path, x, args.threads)
                     continue
-                calls = {
-                    n: (lambda s=s, x=x: s.run(None, {"image": x})) for n, s in sessions.items()
-                }
-                for call in calls.values():
-                    for _ in range(3):
-                        call()
-                times: dict[str, list[float]] = {n: [] for n in calls}
-                per_round = max(1, args.repeats // args.rounds)
-                for _ in range(args.rounds):
-                    for name, call in calls.items():
-                        call()
-                        for _ in range(per_round):
-                            start = time.perf_counter()
-                            call()
-                            times[name].append(1000 * (time.perf_counter() - start))
-                base = statistics.median(times["fp32"])
+                medians = time_models(sessions, x, args.repeats, args.rounds)
+                base = medians["fp32"]
                 print(f"\n{args.method} at {size}, batch {batch}: fp32 {base:.2f} ms")
                 for name in variants:
-                    median = statistics.median(times[name])
+                    median = medians[name]
                     print(f"  {name:38s} {median:8.2f} ms  {base / median:5.2f}x fp32")
 
 
