@@ -170,7 +170,13 @@ def _margins(logits: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("num_classes", "num_stages", "skip", "width"),
-    [(1, 2, False, None), (2, 3, False, None), (4, 4, True, None), (4, 2, False, 6)],
+    [
+        (1, 2, False, None),
+        (2, 3, False, None),
+        (4, 4, True, None),
+        (4, 2, False, 6),
+        (2, 2, False, 6),
+    ],
 )
 @pytest.mark.parametrize("size", [(1, 1), (1, 4), (3, 5), (16, 16)])
 def test_folded_labels_are_the_argmax_of_the_stages(num_classes, num_stages, skip, width, size):

@@ -110,7 +110,10 @@ class FoldedHead(nn.Module):
         so the regions join along rows and columns of whole S^2 Nc vectors, the argmax reads
         the classes side by side, and only the labels are moved to their (h S, w S) places.
         onnxruntime runs this far faster than the convolutions plus a depth-to-space of the
-        logits (docs/benchmarks.md)."""
+        logits (docs/benchmarks.md). With two classes the matrix holds the one difference
+        class 1 - class 0 (label 1 where it is > 0; a tie gives 0, as argmax does): half the
+        MACs. With more classes the same trick costs more in max/argmax passes than it saves
+        (docs/benchmarks.md)."""
         batch, channels, height, width = x.shape
         scale, classes = 2**self.num_stages, self.num_classes
         padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (B, h + 2, w + 2, Cin)
@@ -124,12 +127,15 @@ class FoldedHead(nn.Module):
             for left, right, col_kind in _segments(width):
                 key = f"{row_kind}{col_kind}"
                 weight = getattr(self, f"weight_{key}").view(classes, scale, scale, channels, 3, 3)
+                bias = getattr(self, f"bias_{key}").view(classes, scale, scale)
+                if classes == 2:  # argmax of two = (class 1 - class 0 > 0): half the MACs
+                    weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
                 matrix = weight.permute(4, 5, 3, 1, 2, 0).reshape(9 * channels, -1)
-                bias = getattr(self, f"bias_{key}").view(classes, scale, scale).permute(1, 2, 0)
-                pieces.append(patches[:, top:bottom, left:right] @ matrix + bias.reshape(-1))
+                bias = bias.permute(1, 2, 0).reshape(-1)
+                pieces.append(patches[:, top:bottom, left:right] @ matrix + bias)
             rows.append(torch.cat(pieces, 2))
-        blocks = torch.cat(rows, 1).view(batch, height, width, scale, scale, classes)
-        labels = blocks.argmax(-1) if classes > 1 else (blocks[..., 0] > 0).long()
+        blocks = torch.cat(rows, 1).view(batch, height, width, scale, scale, -1)
+        labels = blocks.argmax(-1) if classes > 2 else (blocks[..., 0] > 0).long()
         return labels.permute(0, 1, 3, 2, 4).reshape(batch, height * scale, width * scale)
 
     @property
