@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from upseg.models import UpscalingHead, build
-from upseg.models.folded_head import FIRST, INNER, FoldedHead, fold_head, fold_model
+from upseg.models.folded_head import FIRST, INNER, FoldedHead, _low_rank, fold_head, fold_model
 
 
 def _random_head(num_classes: int, num_stages: int, skip: bool, init: str) -> UpscalingHead:
@@ -176,6 +176,8 @@ def _margins(logits: torch.Tensor) -> torch.Tensor:
         (4, 4, True, None),
         (4, 2, False, 6),
         (2, 2, False, 6),
+        (4, 3, False, 16),
+        (2, 4, False, 16),
     ],
 )
 @pytest.mark.parametrize("size", [(1, 1), (1, 4), (3, 5), (16, 16)])
@@ -200,3 +202,25 @@ def test_folded_labels_are_the_argmax_of_the_stages(num_classes, num_stages, ski
     differ = got != truth
     assert differ.float().mean() < 0.01  # only near-ties may go either way...
     assert (_margins(expected)[differ] < 1e-4 * expected.abs().max()).all()  # ...and are ties
+
+
+def test_low_rank_factors_are_exact_and_only_where_they_save() -> None:
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(145, 20, generator=generator, dtype=torch.float64)
+    matrix = left @ torch.randn(20, 256, generator=generator, dtype=torch.float64)
+    factor_in, factor_out = _low_rank(matrix)
+    assert factor_in.shape == (145, 20) and factor_out.shape == (20, 256)
+    torch.testing.assert_close(factor_in @ factor_out, matrix)
+    assert _low_rank(torch.randn(145, 256, generator=generator, dtype=torch.float64)) is None
+    assert _low_rank(matrix[:, :8]) is None  # rank 8 of 8 columns: two matrices cost more
+
+
+@pytest.mark.parametrize(("num_classes", "num_stages"), [(4, 4), (2, 4), (4, 3)])
+def test_features_heads_labels_use_the_structural_rank(num_classes, num_stages) -> None:
+    """A features head's inner blocks depend on 4 x 4 pixels of Y1 (Nc channels), so their
+    labels matrix (9 C_f + 1 rows, bias included) has rank at most 16 Nc + 1: with C_f = 16
+    it is applied as two smaller matrices. A logits head's is not."""
+    folded = fold_head(_random_features_head(num_classes, num_stages, 16))
+    factor_in = folded.factor_in_11
+    assert factor_in.shape[0] == 9 * 16 + 1 and factor_in.shape[1] <= 16 * num_classes + 1
+    assert "11" not in fold_head(_random_head(num_classes, num_stages, False, "pytorch")).factored

@@ -79,6 +79,14 @@ class FoldedHead(nn.Module):
         self.num_classes = num_classes
         self.num_stages = num_stages
         self.in_channels = in_channels
+        # Low-rank factors of the labels matrices, where they save MACs (see `labels`).
+        self.factored: set[str] = set()
+        for key in (f"{r}{c}" for r in range(4) for c in range(4)):
+            factors = _low_rank(self._label_matrix(key))
+            if factors is not None:
+                self.register_buffer(f"factor_in_{key}", factors[0])
+                self.register_buffer(f"factor_out_{key}", factors[1])
+                self.factored.add(key)
 
     def forward(self, x: Tensor, logits: Tensor | None = None) -> list[Tensor]:
         if self.training:
@@ -108,35 +116,49 @@ class FoldedHead(nn.Module):
         The same nine region convolutions, computed channels-last: each block's 9 Cin input
         values (im2col) times a (9 Cin, S^2 Nc) matrix whose columns run over (u, v, class),
         so the regions join along rows and columns of whole S^2 Nc vectors, the argmax reads
-        the classes side by side, and only the labels are moved to their (h S, w S) places.
+        the classes side by side, and only the labels are moved to their (h S, w S) places. A
+        column of ones after the patch values carries the bias through the matrix (no pass of
+        its own over the output).
         onnxruntime runs this far faster than the convolutions plus a depth-to-space of the
         logits (docs/benchmarks.md). With two classes the matrix holds the one difference
         class 1 - class 0 (label 1 where it is > 0; a tie gives 0, as argmax does): half the
         MACs. With more classes the same trick costs more in max/argmax passes than it saves
-        (docs/benchmarks.md)."""
-        batch, channels, height, width = x.shape
+        (docs/benchmarks.md). A matrix of low rank k is applied as two, (9 Cin + 1, k) then
+        (k, S^2 Nc'): a features head's inner blocks see Y1 through 4 x 4 of its pixels, so
+        k <= 16 Nc + 1 against 9 C_f + 1 rows (2x fewer MACs at C_f = 16, 4 classes, S = 16)."""
+        batch, _, height, width = x.shape
         scale, classes = 2**self.num_stages, self.num_classes
         padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (B, h + 2, w + 2, Cin)
-        patches = torch.cat(
-            [padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)],
-            dim=3,
-        )  # (B, h, w, 9 Cin), ordered (dy, dx, channel)
+        views = [padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)]
+        ones = torch.ones_like(views[0][..., :1])  # carries the bias through the matrix
+        patches = torch.cat([*views, ones], dim=3)  # (B, h, w, 9 Cin + 1): (dy, dx, channel), 1
         rows = []
         for top, bottom, row_kind in _segments(height):
             pieces = []
             for left, right, col_kind in _segments(width):
                 key = f"{row_kind}{col_kind}"
-                weight = getattr(self, f"weight_{key}").view(classes, scale, scale, channels, 3, 3)
-                bias = getattr(self, f"bias_{key}").view(classes, scale, scale)
-                if classes == 2:  # argmax of two = (class 1 - class 0 > 0): half the MACs
-                    weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
-                matrix = weight.permute(4, 5, 3, 1, 2, 0).reshape(9 * channels, -1)
-                bias = bias.permute(1, 2, 0).reshape(-1)
-                pieces.append(patches[:, top:bottom, left:right] @ matrix + bias)
+                part = patches[:, top:bottom, left:right]
+                if key in self.factored:
+                    part = part @ getattr(self, f"factor_in_{key}")
+                    pieces.append(part @ getattr(self, f"factor_out_{key}"))
+                else:
+                    pieces.append(part @ self._label_matrix(key))
             rows.append(torch.cat(pieces, 2))
         blocks = torch.cat(rows, 1).view(batch, height, width, scale, scale, -1)
         labels = blocks.argmax(-1) if classes > 2 else (blocks[..., 0] > 0).long()
         return labels.permute(0, 1, 3, 2, 4).reshape(batch, height * scale, width * scale)
+
+    def _label_matrix(self, key: str) -> Tensor:
+        """The labels form of region `key`: (9 Cin + 1, S^2 Nc'), rows ordered (dy, dx,
+        channel) then the bias, columns (u, v, class); Nc' = 1 (class 1 - class 0) for two
+        classes, else Nc."""
+        classes, scale, channels = self.num_classes, 2**self.num_stages, self.in_channels
+        weight = getattr(self, f"weight_{key}").view(classes, scale, scale, channels, 3, 3)
+        bias = getattr(self, f"bias_{key}").view(classes, scale, scale)
+        if classes == 2:  # argmax of two = (class 1 - class 0 > 0): half the MACs
+            weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
+        matrix = weight.permute(4, 5, 3, 1, 2, 0).reshape(9 * channels, -1)
+        return torch.cat([matrix, bias.permute(1, 2, 0).reshape(1, -1)])
 
     @property
     def weight(self) -> Tensor:
@@ -156,6 +178,33 @@ class FoldedHead(nn.Module):
         wide = self.in_channels != self.num_classes
         features = f", in_channels={self.in_channels}" if wide else ""
         return f"num_classes={self.num_classes}, num_stages={self.num_stages}{features}"
+
+
+def _low_rank(matrix: Tensor, saving: float = 0.75) -> tuple[Tensor, Tensor] | None:
+    """(K, N) -> factors (K, k) and (k, N) whose product is `matrix` up to rounding, when its
+    numerical rank k (singular values above max(K, N) eps s_max, as torch.linalg.matrix_rank)
+    makes k (K + N) at most `saving` K N MACs; else None. Computed in float64, returned in
+    the matrix's dtype."""
+    rows, cols = matrix.shape
+    if not matrix.is_floating_point() or matrix.is_meta or min(rows, cols) < 2:
+        return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fast at this size, and 200x faster when the CPU is busy
+    try:
+        u, s, vh = torch.linalg.svd(matrix.detach().double().cpu(), full_matrices=False)
+    finally:
+        torch.set_num_threads(threads)
+    if s[0] == 0:
+        return None
+    rank = int((s > s[0] * max(rows, cols) * torch.finfo(matrix.dtype).eps).sum())
+    if rank * (rows + cols) > saving * rows * cols:
+        return None
+    root = s[:rank].sqrt()
+    factor_in, factor_out = u[:, :rank] * root, root[:, None] * vh[:rank]
+    return (
+        factor_in.to(device=matrix.device, dtype=matrix.dtype),
+        factor_out.to(device=matrix.device, dtype=matrix.dtype),
+    )
 
 
 def _probe(
