@@ -1,5 +1,5 @@
 """Test helpers: the command line run in-process (fast, capturing what it prints and its exit
-code), and a tiny trained run."""
+code), a tiny trained run, and small widths for every backbone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ from upseg.cli import main
 from upseg.data import PhantomReader, prepare
 from upseg.engine import TrainConfig
 from upseg.engine.trainer import train
+
+# Small widths for every registered backbone: export and folding time hardly depend on width.
+SMALL_BACKBONES = {
+    "unet": {"base_width": 4},
+    "elunet": {"base_width": 4},
+    "basicunet": {"features": (4, 4, 8, 8, 16, 4)},
+    "basicunetpp": {"features": (4, 4, 8, 8, 16, 4)},
+}
 
 
 @dataclass

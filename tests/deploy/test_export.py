@@ -7,17 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.helpers import SMALL_BACKBONES as SMALL
 from tests.helpers import run_cli
 from upseg.deploy.export import ExportError, export_onnx
 from upseg.models import build, list_backbones
 
-# Small widths: export time hardly depends on width, but the check runs the model twice.
-SMALL = {
-    "unet": {"base_width": 4},
-    "elunet": {"base_width": 4},
-    "basicunet": {"features": (4, 4, 8, 8, 16, 4)},
-    "basicunetpp": {"features": (4, 4, 8, 8, 16, 4)},
-}
 QUICK = {("elunet", "skip", 16), ("basicunetpp", None, 32)}  # run under -m "not slow" too
 
 

@@ -219,8 +219,34 @@ def test_low_rank_factors_are_exact_and_only_where_they_save() -> None:
 def test_features_heads_labels_use_the_structural_rank(num_classes, num_stages) -> None:
     """A features head's inner blocks depend on 4 x 4 pixels of Y1 (Nc channels), so their
     labels matrix (9 C_f + 1 rows, bias included) has rank at most 16 Nc + 1: with C_f = 16
-    it is applied as two smaller matrices. A logits head's is not."""
+    it is applied as two smaller matrices."""
     folded = fold_head(_random_features_head(num_classes, num_stages, 16))
     factor_in = folded.factor_in_11
     assert factor_in.shape[0] == 9 * 16 + 1 and factor_in.shape[1] <= 16 * num_classes + 1
-    assert "11" not in fold_head(_random_head(num_classes, num_stages, False, "pytorch")).factored
+
+
+def test_factors_are_derived_not_stored() -> None:
+    """Factors come only from float64 weights (a float32 or float16 rank would count rounding)
+    and stay out of the state dict; a head built from rounded weights has none and gives the
+    same labels."""
+    folded = fold_head(_random_features_head(4, 4, 16))
+    assert folded.factored and not any("factor" in key for key in folded.state_dict())
+    args = (folded.num_classes, folded.num_stages, folded.in_channels)
+    for dtype in (torch.float32, torch.float16):
+        rounded = FoldedHead(folded.weight.to(dtype), folded.bias.to(dtype), *args)
+        assert not rounded.factored
+    rounded = FoldedHead(folded.weight.float(), folded.bias.float(), *args)
+    rounded.load_state_dict(folded.state_dict())
+    x = torch.randn(2, 16, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(rounded.labels(x), folded.labels(x))
+
+
+def test_two_classes_tied_everywhere_are_class_0() -> None:
+    """Equal logits for both classes: argmax picks the first, and so does the difference."""
+    weight = torch.randn(4, 4, 1, 16, 6, 3, 3, dtype=torch.float64)
+    bias = torch.randn(4, 4, 1, 16, dtype=torch.float64)
+    weight, bias = weight.expand(-1, -1, 2, -1, -1, -1, -1), bias.expand(-1, -1, 2, -1)
+    folded = FoldedHead(weight.reshape(4, 4, 32, 6, 3, 3), bias.reshape(4, 4, 32), 2, 2, 6)
+    labels = folded.labels(torch.randn(2, 6, 4, 5, dtype=torch.float64))
+    assert labels.shape == (2, 16, 20) and not labels.any()

@@ -79,14 +79,23 @@ class FoldedHead(nn.Module):
         self.num_classes = num_classes
         self.num_stages = num_stages
         self.in_channels = in_channels
-        # Low-rank factors of the labels matrices, where they save MACs (see `labels`).
+        # Low-rank factors of the labels matrices where they save MACs (see `labels`): derived
+        # from the weights, so not part of the state dict; only from float64 weights (fold_head
+        # passes its exact probe), where the numerical rank is the structural one.
         self.factored: set[str] = set()
-        for key in (f"{r}{c}" for r in range(4) for c in range(4)):
-            factors = _low_rank(self._label_matrix(key))
-            if factors is not None:
-                self.register_buffer(f"factor_in_{key}", factors[0])
-                self.register_buffer(f"factor_out_{key}", factors[1])
-                self.factored.add(key)
+        if weight.dtype != torch.float64:
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as fast for these SVDs, and 200x faster on a busy CPU
+        try:
+            for key in (f"{r}{c}" for r in range(4) for c in range(4)):
+                factors = _low_rank(self._label_matrix(key))
+                if factors is not None:
+                    self.register_buffer(f"factor_in_{key}", factors[0], persistent=False)
+                    self.register_buffer(f"factor_out_{key}", factors[1], persistent=False)
+                    self.factored.add(key)
+        finally:
+            torch.set_num_threads(threads)
 
     def forward(self, x: Tensor, logits: Tensor | None = None) -> list[Tensor]:
         if self.training:
@@ -114,18 +123,20 @@ class FoldedHead(nn.Module):
         the classes (logit > 0 for one channel), as from `forward`, up to float rounding.
 
         The same nine region convolutions, computed channels-last: each block's 9 Cin input
-        values (im2col) times a (9 Cin, S^2 Nc) matrix whose columns run over (u, v, class),
-        so the regions join along rows and columns of whole S^2 Nc vectors, the argmax reads
-        the classes side by side, and only the labels are moved to their (h S, w S) places. A
-        column of ones after the patch values carries the bias through the matrix (no pass of
-        its own over the output).
+        values (im2col) and a 1, times a (9 Cin + 1, S^2 Nc') matrix whose last row is the
+        bias (no pass of its own over the output) and whose columns run over (u, v, class),
+        so the regions join along rows and columns of whole vectors, the argmax reads the
+        classes side by side, and only the labels are moved to their (h S, w S) places.
         onnxruntime runs this far faster than the convolutions plus a depth-to-space of the
-        logits (docs/benchmarks.md). With two classes the matrix holds the one difference
-        class 1 - class 0 (label 1 where it is > 0; a tie gives 0, as argmax does): half the
-        MACs. With more classes the same trick costs more in max/argmax passes than it saves
-        (docs/benchmarks.md). A matrix of low rank k is applied as two, (9 Cin + 1, k) then
-        (k, S^2 Nc'): a features head's inner blocks see Y1 through 4 x 4 of its pixels, so
-        k <= 16 Nc + 1 against 9 C_f + 1 rows (2x fewer MACs at C_f = 16, 4 classes, S = 16)."""
+        logits (docs/benchmarks.md).
+
+        Nc' = Nc, except with two classes: then the matrix holds the one difference class 1 -
+        class 0 (label 1 where it is > 0; a tie gives 0, as argmax does), half the MACs. With
+        more classes the same trick costs more in max/argmax passes than it saves. A matrix of
+        low rank k is applied as two, (9 Cin + 1, k) then (k, S^2 Nc'): a features head's
+        inner blocks see Y1 through 4 x 4 of its pixels, so k <= 16 Nc + 1 against 9 C_f + 1
+        rows (2x fewer MACs at C_f = 16, 4 classes, S = 16); border blocks, whose taps beyond
+        the image are zero, are often factored too."""
         batch, _, height, width = x.shape
         scale, classes = 2**self.num_stages, self.num_classes
         padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (B, h + 2, w + 2, Cin)
@@ -181,23 +192,16 @@ class FoldedHead(nn.Module):
 
 
 def _low_rank(matrix: Tensor, saving: float = 0.75) -> tuple[Tensor, Tensor] | None:
-    """(K, N) -> factors (K, k) and (k, N) whose product is `matrix` up to rounding, when its
-    numerical rank k (singular values above max(K, N) eps s_max, as torch.linalg.matrix_rank)
-    makes k (K + N) at most `saving` K N MACs; else None. Computed in float64, returned in
-    the matrix's dtype."""
+    """A float64 (K, N) matrix -> float64 factors (K, k) and (k, N) whose product is `matrix`
+    up to float64 rounding, when its numerical rank k (singular values above max(K, N) eps
+    s_max, as torch.linalg.matrix_rank) makes k (K + N) at most `saving` K N MACs; else None
+    (also for any other dtype, whose rounding would pass for rank)."""
     rows, cols = matrix.shape
-    if not matrix.is_floating_point() or matrix.is_meta or min(rows, cols) < 2:
+    if matrix.dtype != torch.float64 or min(rows, cols) < 2:
         return None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as fast at this size, and 200x faster when the CPU is busy
-    try:
-        u, s, vh = torch.linalg.svd(matrix.detach().double().cpu(), full_matrices=False)
-    finally:
-        torch.set_num_threads(threads)
-    if s[0] == 0:
-        return None
-    rank = int((s > s[0] * max(rows, cols) * torch.finfo(matrix.dtype).eps).sum())
-    if rank * (rows + cols) > saving * rows * cols:
+    u, s, vh = torch.linalg.svd(matrix.detach().cpu(), full_matrices=False)
+    rank = int((s > s[0] * max(rows, cols) * torch.finfo(torch.float64).eps).sum())
+    if rank == 0 or rank * (rows + cols) > saving * rows * cols:
         return None
     root = s[:rank].sqrt()
     factor_in, factor_out = u[:, :rank] * root, root[:, None] * vh[:rank]
