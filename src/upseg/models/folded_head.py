@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from upseg.deploy.runtimes import torch_threads
 from upseg.models.head import UpscalingHead
 
 FIRST, INNER, LAST, SINGLE = range(4)
@@ -85,17 +86,13 @@ class FoldedHead(nn.Module):
         self.factored: set[str] = set()
         if weight.dtype != torch.float64:
             return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as fast for these SVDs, and 200x faster on a busy CPU
-        try:
+        with torch_threads(1):  # as fast for these SVDs, and 200x faster on a busy CPU
             for key in (f"{r}{c}" for r in range(4) for c in range(4)):
                 factors = _low_rank(self._label_matrix(key))
                 if factors is not None:
                     self.register_buffer(f"factor_in_{key}", factors[0], persistent=False)
                     self.register_buffer(f"factor_out_{key}", factors[1], persistent=False)
                     self.factored.add(key)
-        finally:
-            torch.set_num_threads(threads)
 
     def forward(self, x: Tensor, logits: Tensor | None = None) -> list[Tensor]:
         if self.training:
@@ -196,19 +193,15 @@ def _low_rank(matrix: Tensor, saving: float = 0.75) -> tuple[Tensor, Tensor] | N
     up to float64 rounding, when its numerical rank k (singular values above max(K, N) eps
     s_max, as torch.linalg.matrix_rank) makes k (K + N) at most `saving` K N MACs; else None
     (also for any other dtype, whose rounding would pass for rank)."""
-    rows, cols = matrix.shape
-    if matrix.dtype != torch.float64 or min(rows, cols) < 2:
+    if matrix.dtype != torch.float64:
         return None
-    u, s, vh = torch.linalg.svd(matrix.detach().cpu(), full_matrices=False)
+    rows, cols = matrix.shape
+    u, s, vh = torch.linalg.svd(matrix.detach(), full_matrices=False)
     rank = int((s > s[0] * max(rows, cols) * torch.finfo(torch.float64).eps).sum())
     if rank == 0 or rank * (rows + cols) > saving * rows * cols:
         return None
     root = s[:rank].sqrt()
-    factor_in, factor_out = u[:, :rank] * root, root[:, None] * vh[:rank]
-    return (
-        factor_in.to(device=matrix.device, dtype=matrix.dtype),
-        factor_out.to(device=matrix.device, dtype=matrix.dtype),
-    )
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
 
 
 def _probe(
