@@ -9,6 +9,7 @@ from upseg.experiments.patient_report import (
     paired_rows,
     patient_score_rows,
     row_patients,
+    seed_rows,
     summary_rows,
 )
 
@@ -81,3 +82,25 @@ def test_every_run_and_patient_gets_a_row() -> None:
     assert set(rows[0]) == {
         "method", "input", "fold", "seed", "patient", "group", "dice", "jaccard", "hd95", "nsd"
     }  # fmt: skip
+
+
+def test_each_seed_is_compared_alone() -> None:
+    base = {f"p{i}": 0.5 + 0.01 * i for i in range(10)}
+    runs = [
+        record("elunet", 16, 0, base),
+        record("elunet", 16, 1, base),
+        record("elunet+plain", 16, 0, {p: d + 0.10 for p, d in base.items()}),
+        record("elunet+plain", 16, 1, {p: d - 0.02 for p, d in base.items()}),
+        record("elunet", 32, 0, base),  # one seed shared: no per-seed rows against it
+    ]
+    rows = [r for r in seed_rows(runs) if r["metric"] == "dice"]
+    assert [(r["against_input"], r["seed"]) for r in rows] == [(16, 0), (16, 1)]
+    assert rows[0]["mean"] == pytest.approx(0.10) and rows[0]["verdict"] == "ahead"
+    assert rows[1]["mean"] == pytest.approx(-0.02) and rows[1]["verdict"] == "behind"
+    [mean] = [r for r in paired_rows(runs) if r["metric"] == "dice" and r["against_input"] == 16]
+    assert mean["mean"] == pytest.approx(0.04)  # the seeds' mean hides the disagreement
+    text = markdown(summary_rows(runs), paired_rows(runs), seeds=seed_rows(runs))
+    assert (
+        "| elunet+plain | 16 | elunet | 16 | 1 | tumour | 10 | -2.0 [-2.0, -2.0] | 0/10 |" in text
+    )
+    assert seed_rows([r for r in runs if r["seed"] == 0]) == []

@@ -122,6 +122,45 @@ def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:
     return rows
 
 
+def seed_rows(results: list[dict], bootstrap_seed: int = 0) -> list[dict]:
+    """The comparisons() again, each training seed alone, for pairs whose rows share more
+    than one seed: does the difference hold for every seed, not only for their mean?
+    "seed" is the training seed; the interval resamples patients as in paired_rows()."""
+    grouped = _rows(results)
+    rows = []
+    for (method, r), (other, other_r) in comparisons(grouped):
+        ours, theirs = _by_seed(grouped[(method, r)]), _by_seed(grouped[(other, other_r)])
+        shared = sorted(set(ours) & set(theirs))
+        if len(shared) < 2:
+            continue
+        for seed in shared:
+            compared = compare_patients(
+                row_patients(ours[seed]),
+                row_patients(theirs[seed]),
+                {m: HIGHER_IS_BETTER[m] for m in REPORTED},
+                seed=bootstrap_seed,
+            )
+            rows += [
+                {
+                    "method": method,
+                    "input": r,
+                    "against": other,
+                    "against_input": other_r,
+                    "seed": seed,
+                    **row,
+                }
+                for row in compared
+            ]
+    return rows
+
+
+def _by_seed(results: list[dict]) -> dict[int, list[dict]]:
+    grouped: dict[int, list[dict]] = defaultdict(list)
+    for result in results:
+        grouped[int(result.get("seed", 0))].append(result)
+    return grouped
+
+
 def score_text(metric: str, value: float) -> str:
     """A per-patient score for a table: HD95 in pixels, the others in points of 100."""
     if math.isnan(value):
@@ -137,8 +176,14 @@ def interval_text(row: dict) -> str:
     )
 
 
-def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = None) -> str:
-    """Both tables: Dice and NSD in points of 100, HD95 in pixels at R."""
+def markdown(
+    summary: list[dict],
+    paired: list[dict],
+    tolerance: float | None = None,
+    seeds: list[dict] | None = None,
+) -> str:
+    """The tables: Dice and NSD in points of 100, HD95 in pixels at R; per seed (seed_rows())
+    Dice only, where the rows have more than one seed."""
     nsd = f"NSD@{tolerance:g}px" if tolerance is not None else "NSD"
     lines = [
         "### Per patient (all slices of a patient as one volume; mean over seeds per patient)",
@@ -171,6 +216,23 @@ def markdown(summary: list[dict], paired: list[dict], tolerance: float | None = 
                 f"| {row['method']} | {row['input']} | {row['against']} | "
                 f"{row['against_input']} | {row['group']} | {m} | {row['n']} | "
                 f"{score_text(m, row['ours'])} | {score_text(m, row['theirs'])} | "
+                f"{interval_text(row)} | {row['better']}/{row['n']} | {row['verdict']} |"
+            )
+    per_seed = [row for row in seeds or [] if row["metric"] == "dice"]
+    if per_seed:
+        lines += [
+            "",
+            "### Each training seed alone (per-patient Dice, difference = method - other, "
+            "95% bootstrap interval over patients)",
+            "",
+            "| method | input | against | at input | seed | group | patients | "
+            "difference [95% CI] | better in | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in per_seed:
+            lines.append(
+                f"| {row['method']} | {row['input']} | {row['against']} | "
+                f"{row['against_input']} | {row['seed']} | {row['group']} | {row['n']} | "
                 f"{interval_text(row)} | {row['better']}/{row['n']} | {row['verdict']} |"
             )
     return "\n".join(lines) + "\n"

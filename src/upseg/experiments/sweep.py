@@ -39,7 +39,12 @@ from upseg.engine.trainer import train_or_resume
 from upseg.errors import DataError, TrainingError
 from upseg.experiments.evaluate import evaluate_run
 from upseg.experiments.patient_report import markdown as patient_markdown
-from upseg.experiments.patient_report import paired_rows, patient_score_rows, summary_rows
+from upseg.experiments.patient_report import (
+    paired_rows,
+    patient_score_rows,
+    seed_rows,
+    summary_rows,
+)
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.models import Method, parse_method
 from upseg.models.profile import count_macs, count_parameters
@@ -285,12 +290,15 @@ def _report(
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
     patient_summary, paired = summary_rows(results), paired_rows(results)
+    per_seed = seed_rows(results)
     if patient_summary:
         write_csv(out / "sweep_patients.csv", patient_summary)
         write_csv(out / "sweep_patient_scores.csv", patient_score_rows(results))
-        tables += "\n" + patient_markdown(patient_summary, paired)
+        tables += "\n" + patient_markdown(patient_summary, paired, seeds=per_seed)
     if paired:
         write_csv(out / "sweep_paired.csv", paired)
+    if per_seed:
+        write_csv(out / "sweep_paired_seeds.csv", per_seed)
     if len(results) < planned or failed:
         tables += f"\n{len(results)} of {planned} planned runs are in these tables"
         tables += "; run the same command again to finish the others.\n" if not failed else ".\n"
