@@ -81,6 +81,7 @@ def test_comparison_markdown_writes_points_of_100_and_pixels() -> None:
             "high": 0.09,
             "better": 9,
             "verdict": "ahead",
+            "p_wilcoxon": 0.0123,
         },
         {
             "group": "WT",
@@ -93,14 +94,17 @@ def test_comparison_markdown_writes_points_of_100_and_pixels() -> None:
             "high": math.nan,
             "better": 7,
             "verdict": "level",
+            "p_wilcoxon": 0.00042,
         },
     ]
     lines = comparison_markdown(rows, "elunet+plain @ 16", "elunet @ 16").splitlines()
     assert lines[0].startswith("Per-patient paired comparison: elunet+plain @ 16 against elunet")
     assert lines[2] == (
         "| group | metric | patients | elunet+plain @ 16 | elunet @ 16 | difference [95% CI] | "
-        "better in | verdict |"
+        "better in | p (signed rank) | verdict |"
     )
-    assert lines[4] == "| WT | dice | 12 | 85.1 | 80.0 | 5.1 [1.0, 9.0] | 9/12 | ahead |"
-    assert lines[5] == "| WT | hd95 | 12 | 3.46 | 4.00 | -0.54 [-1.00, –] | 7/12 | level |"
+    assert lines[4] == "| WT | dice | 12 | 85.1 | 80.0 | 5.1 [1.0, 9.0] | 9/12 | 0.012 | ahead |"
+    assert lines[5] == (
+        "| WT | hd95 | 12 | 3.46 | 4.00 | -0.54 [-1.00, –] | 7/12 | < 0.001 | level |"
+    )
     assert len(lines) == 6

@@ -62,7 +62,7 @@ def test_heads_are_paired_with_their_baselines() -> None:
     text = markdown(summary_rows(runs), rows, tolerance=2)
     assert (
         "| elunet+plain:bilinear | 16 | elunet | 16 | tumour | dice | 12 | 60.5 | 55.5 | "
-        "5.0 [5.0, 5.0] | 12/12 | ahead |" in text
+        "5.0 [5.0, 5.0] | 12/12 | < 0.001 | ahead |" in text
     )
     assert "| elunet+plain:bilinear | 16 | elunet | 32 | tumour | dice |" in text
     assert "NSD@2px mean" in text

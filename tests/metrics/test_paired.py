@@ -45,3 +45,14 @@ def test_patients_missing_or_undefined_on_either_side_are_left_out() -> None:
     assert result.n == 2 and result.mean == pytest.approx(0.1)
     single = paired_difference({"a": 1.0}, {"a": 0.0})
     assert single.verdict == "too few patients" and math.isnan(single.low)
+
+
+def test_signed_rank_p_value() -> None:
+    # 5 differences, all positive and distinct: the exact two-sided p is 2 / 2**5
+    up = paired_difference(scores([0.6, 0.7, 0.8, 0.9, 1.0]), scores([0.5] * 5))
+    assert up.p_wilcoxon == pytest.approx(2 / 32)
+    # one negative difference of rank 2: P(W- <= 2) = 3 / 32 on each side
+    mixed = paired_difference(scores([0.6, 0.3, 0.8, 0.9, 1.0]), scores([0.5] * 5))
+    assert mixed.p_wilcoxon == pytest.approx(6 / 32)
+    assert paired_difference(scores([0.5] * 4), scores([0.5] * 4)).p_wilcoxon == 1.0
+    assert math.isnan(paired_difference({"a": 1.0}, {"a": 0.0}).p_wilcoxon)

@@ -41,7 +41,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "and per patient (all its slices as one volume) Dice, Jaccard, HD95 and normalised "
         "surface Dice per class and region, as a CSV and an nnU-Net-style summary.json; with "
         "a head, every stage is scored too. With --against, the two runs are compared patient "
-        "by patient (mean difference, 95%% bootstrap interval, verdict).",
+        "by patient (mean difference, 95%% bootstrap interval, verdict, Wilcoxon signed-rank "
+        "p).",
         epilog="example: upseg evaluate runs/head16 --figures --against runs/elunet16",
     )
     evaluate.add_argument("run", type=Path, help="run directory")

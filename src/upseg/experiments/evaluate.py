@@ -21,7 +21,7 @@ from upseg.engine import (
     score,
 )
 from upseg.errors import TrainingError
-from upseg.experiments.patient_report import interval_text, score_text
+from upseg.experiments.patient_report import interval_text, p_text, score_text
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.metrics import (
     DEFAULT_TOLERANCE,
@@ -176,19 +176,19 @@ def comparison_markdown(rows: list[dict], ours: str, theirs: str) -> str:
     """The paired comparison as a markdown table (Dice, Jaccard, NSD in points of 100)."""
     lines = [
         f"Per-patient paired comparison: {ours} against {theirs} (difference = ours - theirs, "
-        "95% bootstrap interval over patients; HD95 in pixels at R, lower is better)",
+        "95% bootstrap interval over patients; HD95 in pixels at R, lower is better; "
+        "two-sided Wilcoxon signed-rank p)",
         "",
         f"| group | metric | patients | {ours} | {theirs} | difference [95% CI] | "
-        "better in | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "better in | p (signed rank) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m = row["metric"]
         lines.append(
             f"| {row['group']} | {m} | {row['n']} | {score_text(m, row['ours'])} | "
             f"{score_text(m, row['theirs'])} | {interval_text(row)} | "
-            f"{row['better']}/{row['n']} | "
-            f"{row['verdict']} |"
+            f"{row['better']}/{row['n']} | {p_text(row['p_wilcoxon'])} | {row['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -168,6 +168,13 @@ def score_text(metric: str, value: float) -> str:
     return f"{value:.2f}" if metric == "hd95" else f"{100 * value:.1f}"
 
 
+def p_text(p: float) -> str:
+    """A Wilcoxon signed-rank p-value for a table."""
+    if math.isnan(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def interval_text(row: dict) -> str:
     """A paired row's mean difference and its interval."""
     m = row["metric"]
@@ -203,12 +210,13 @@ def markdown(
         lines += [
             "",
             "### Paired comparisons (difference = method - other, 95% bootstrap interval over "
-            "patients; lower HD95 is better): each head against its baseline at the same input, "
-            "at twice the input, and against other backbones at the same input",
+            "patients; lower HD95 is better; two-sided Wilcoxon signed-rank p): each head "
+            "against its baseline at the same input, at twice the input, and against other "
+            "backbones at the same input",
             "",
             "| method | input | against | at input | group | metric | patients | method mean | "
-            "other mean | difference [95% CI] | better in | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "other mean | difference [95% CI] | better in | p (signed rank) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in paired:
             m = row["metric"]
@@ -216,7 +224,8 @@ def markdown(
                 f"| {row['method']} | {row['input']} | {row['against']} | "
                 f"{row['against_input']} | {row['group']} | {m} | {row['n']} | "
                 f"{score_text(m, row['ours'])} | {score_text(m, row['theirs'])} | "
-                f"{interval_text(row)} | {row['better']}/{row['n']} | {row['verdict']} |"
+                f"{interval_text(row)} | {row['better']}/{row['n']} | "
+                f"{p_text(row['p_wilcoxon'])} | {row['verdict']} |"
             )
     per_seed = [row for row in seeds or [] if row["metric"] == "dice"]
     if per_seed:
