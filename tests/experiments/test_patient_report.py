@@ -88,19 +88,36 @@ def test_each_seed_is_compared_alone() -> None:
     base = {f"p{i}": 0.5 + 0.01 * i for i in range(10)}
     runs = [
         record("elunet", 16, 0, base),
-        record("elunet", 16, 1, base),
+        record("elunet", 16, 1, {p: d + 0.05 for p, d in base.items()}),
+        record("elunet", 16, 2, base),  # a seed the head lacks: no row for it
         record("elunet+plain", 16, 0, {p: d + 0.10 for p, d in base.items()}),
-        record("elunet+plain", 16, 1, {p: d - 0.02 for p, d in base.items()}),
+        record("elunet+plain", 16, 1, {p: d + 0.03 for p, d in base.items()}),
         record("elunet", 32, 0, base),  # one seed shared: no per-seed rows against it
     ]
     rows = [r for r in seed_rows(runs) if r["metric"] == "dice"]
     assert [(r["against_input"], r["seed"]) for r in rows] == [(16, 0), (16, 1)]
+    # each seed against the same seed of the baseline, not against the baseline's mean
     assert rows[0]["mean"] == pytest.approx(0.10) and rows[0]["verdict"] == "ahead"
     assert rows[1]["mean"] == pytest.approx(-0.02) and rows[1]["verdict"] == "behind"
     [mean] = [r for r in paired_rows(runs) if r["metric"] == "dice" and r["against_input"] == 16]
-    assert mean["mean"] == pytest.approx(0.04)  # the seeds' mean hides the disagreement
+    # seeds averaged per patient first: (0.10 + 0.03) / 2 - (0 + 0.05 + 0) / 3
+    assert mean["mean"] == pytest.approx(0.065 - 0.05 / 3)
     text = markdown(summary_rows(runs), paired_rows(runs), seeds=seed_rows(runs))
     assert (
         "| elunet+plain | 16 | elunet | 16 | 1 | tumour | 10 | -2.0 [-2.0, -2.0] | 0/10 |" in text
     )
     assert seed_rows([r for r in runs if r["seed"] == 0]) == []
+
+
+def test_a_seed_with_unfinished_folds_is_compared_on_its_patients() -> None:
+    base = {f"p{i}": 0.5 + 0.01 * i for i in range(10)}
+    half = {p: d for p, d in base.items() if p < "p5"}
+    runs = [
+        record("elunet", 16, 0, base),
+        record("elunet", 16, 1, base),
+        record("elunet+plain", 16, 0, {p: d + 0.1 for p, d in base.items()}),
+        record("elunet+plain", 16, 1, {p: d + 0.2 for p, d in half.items()}),
+    ]
+    rows = {r["seed"]: r for r in seed_rows(runs) if r["metric"] == "dice"}
+    assert (rows[0]["n"], rows[1]["n"]) == (10, 5)
+    assert rows[1]["mean"] == pytest.approx(0.2)

@@ -54,5 +54,15 @@ def test_signed_rank_p_value() -> None:
     # one negative difference of rank 2: P(W- <= 2) = 3 / 32 on each side
     mixed = paired_difference(scores([0.6, 0.3, 0.8, 0.9, 1.0]), scores([0.5] * 5))
     assert mixed.p_wilcoxon == pytest.approx(6 / 32)
+    # a zero difference is dropped (Wilcoxon's rule): 6 left, 1 negative of rank 6, so
+    # P(W- >= 6) = 14 / 64 on each side (keeping the zero, as Pratt does, gives 22 / 64)
+    zero = paired_difference(scores([0.5, 0.6, 0.7, 0.8, 0.9, 1.0, -0.1]), scores([0.5] * 7))
+    assert zero.p_wilcoxon == pytest.approx(28 / 64)
+    # differences tied in exact arithmetic but not in float are ranked as ties
+    # (|differences| 0.6, 0.3, 0.4, 0.3, 0.5, 0.3; unrounded, the three 0.3s rank apart: 15/32)
+    noisy = paired_difference(
+        scores([0.2, 0.6, 0.7, 0.3, 0.4, 0.9]), scores([0.8, 0.9, 0.3, 0.6, 0.9, 0.6])
+    )
+    assert noisy.p_wilcoxon == pytest.approx(0.4375)
     assert paired_difference(scores([0.5] * 4), scores([0.5] * 4)).p_wilcoxon == 1.0
     assert math.isnan(paired_difference({"a": 1.0}, {"a": 0.0}).p_wilcoxon)

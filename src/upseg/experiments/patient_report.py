@@ -125,7 +125,10 @@ def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:
 def seed_rows(results: list[dict], bootstrap_seed: int = 0) -> list[dict]:
     """The comparisons() again, each training seed alone, for pairs whose rows share more
     than one seed: does the difference hold for every seed, not only for their mean?
-    "seed" is the training seed; the interval resamples patients as in paired_rows()."""
+    "seed" is the training seed (seed s of one row against seed s of the other: the number
+    is only a label, no random draw is shared); a seed with unfinished folds is compared on
+    the patients it has ("n" says how many); the interval resamples patients as in
+    paired_rows()."""
     grouped = _rows(results)
     rows = []
     for (method, r), (other, other_r) in comparisons(grouped):
@@ -232,16 +235,17 @@ def markdown(
         lines += [
             "",
             "### Each training seed alone (per-patient Dice, difference = method - other, "
-            "95% bootstrap interval over patients)",
+            "95% bootstrap interval over patients; HD95 and NSD in sweep_paired_seeds.csv)",
             "",
             "| method | input | against | at input | seed | group | patients | "
-            "difference [95% CI] | better in | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "difference [95% CI] | better in | p (signed rank) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in per_seed:
             lines.append(
                 f"| {row['method']} | {row['input']} | {row['against']} | "
                 f"{row['against_input']} | {row['seed']} | {row['group']} | {row['n']} | "
-                f"{interval_text(row)} | {row['better']}/{row['n']} | {row['verdict']} |"
+                f"{interval_text(row)} | {row['better']}/{row['n']} | "
+                f"{p_text(row['p_wilcoxon'])} | {row['verdict']} |"
             )
     return "\n".join(lines) + "\n"
