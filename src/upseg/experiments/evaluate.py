@@ -21,7 +21,7 @@ from upseg.engine import (
     score,
 )
 from upseg.errors import TrainingError
-from upseg.experiments.patient_report import interval_text, p_text, score_text
+from upseg.experiments.patient_report import score_text, verdict_cells
 from upseg.io import write_csv, write_json, write_text_atomic
 from upseg.metrics import (
     DEFAULT_TOLERANCE,
@@ -187,8 +187,7 @@ def comparison_markdown(rows: list[dict], ours: str, theirs: str) -> str:
         m = row["metric"]
         lines.append(
             f"| {row['group']} | {m} | {row['n']} | {score_text(m, row['ours'])} | "
-            f"{score_text(m, row['theirs'])} | {interval_text(row)} | "
-            f"{row['better']}/{row['n']} | {p_text(row['p_wilcoxon'])} | {row['verdict']} |"
+            f"{score_text(m, row['theirs'])} | {verdict_cells(row)}"
         )
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from upseg.metrics import HIGHER_IS_BETTER, compare_patients, summarise
 from upseg.models.methods import baseline_of
@@ -42,11 +42,15 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
-def _rows(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
-    grouped: dict[tuple[str, int], list[dict]] = defaultdict(list)
+def _group(results: Iterable[dict], key: Callable[[dict], Hashable]) -> dict:
+    grouped: dict = defaultdict(list)
     for result in results:
-        grouped[(result["method"], result["input"])].append(result)
+        grouped[key(result)].append(result)
     return grouped
+
+
+def _rows(results: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    return _group(results, lambda result: (result["method"], result["input"]))
 
 
 def patient_score_rows(results: list[dict]) -> list[dict]:
@@ -108,17 +112,8 @@ def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:
     seeds per patient first). "against" and "against_input" name the other row."""
     grouped = _rows(results)
     rows = []
-    for (method, r), (other, other_r) in comparisons(grouped):
-        compared = compare_patients(
-            row_patients(grouped[(method, r)]),
-            row_patients(grouped[(other, other_r)]),
-            {m: HIGHER_IS_BETTER[m] for m in REPORTED},
-            seed=seed,
-        )
-        for row in compared:
-            rows.append(
-                {"method": method, "input": r, "against": other, "against_input": other_r, **row}
-            )
+    for mine, other in comparisons(grouped):
+        rows += _paired(mine, other, grouped[mine], grouped[other], seed)
     return rows
 
 
@@ -131,37 +126,34 @@ def seed_rows(results: list[dict], bootstrap_seed: int = 0) -> list[dict]:
     paired_rows()."""
     grouped = _rows(results)
     rows = []
-    for (method, r), (other, other_r) in comparisons(grouped):
-        ours, theirs = _by_seed(grouped[(method, r)]), _by_seed(grouped[(other, other_r)])
+    for mine, other in comparisons(grouped):
+        ours = _group(grouped[mine], lambda result: int(result.get("seed", 0)))
+        theirs = _group(grouped[other], lambda result: int(result.get("seed", 0)))
         shared = sorted(set(ours) & set(theirs))
         if len(shared) < 2:
             continue
         for seed in shared:
-            compared = compare_patients(
-                row_patients(ours[seed]),
-                row_patients(theirs[seed]),
-                {m: HIGHER_IS_BETTER[m] for m in REPORTED},
-                seed=bootstrap_seed,
-            )
-            rows += [
-                {
-                    "method": method,
-                    "input": r,
-                    "against": other,
-                    "against_input": other_r,
-                    "seed": seed,
-                    **row,
-                }
-                for row in compared
-            ]
+            rows += _paired(mine, other, ours[seed], theirs[seed], bootstrap_seed, seed=seed)
     return rows
 
 
-def _by_seed(results: list[dict]) -> dict[int, list[dict]]:
-    grouped: dict[int, list[dict]] = defaultdict(list)
-    for result in results:
-        grouped[int(result.get("seed", 0))].append(result)
-    return grouped
+def _paired(
+    mine: tuple[str, int],
+    other: tuple[str, int],
+    ours: list[dict],
+    theirs: list[dict],
+    bootstrap_seed: int,
+    **extra: int,
+) -> list[dict]:
+    """compare_patients() of two rows' runs, each row named (method, input, against, ...)."""
+    compared = compare_patients(
+        row_patients(ours),
+        row_patients(theirs),
+        {m: HIGHER_IS_BETTER[m] for m in REPORTED},
+        seed=bootstrap_seed,
+    )
+    names = {"method": mine[0], "input": mine[1], "against": other[0], "against_input": other[1]}
+    return [{**names, **extra, **row} for row in compared]
 
 
 def score_text(metric: str, value: float) -> str:
@@ -176,6 +168,14 @@ def p_text(p: float) -> str:
     if math.isnan(p):
         return "–"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def verdict_cells(row: dict) -> str:
+    """A paired row's last table cells: difference [interval] | better in | p | verdict |."""
+    return (
+        f"{interval_text(row)} | {row['better']}/{row['n']} | "
+        f"{p_text(row['p_wilcoxon'])} | {row['verdict']} |"
+    )
 
 
 def interval_text(row: dict) -> str:
@@ -227,8 +227,7 @@ def markdown(
                 f"| {row['method']} | {row['input']} | {row['against']} | "
                 f"{row['against_input']} | {row['group']} | {m} | {row['n']} | "
                 f"{score_text(m, row['ours'])} | {score_text(m, row['theirs'])} | "
-                f"{interval_text(row)} | {row['better']}/{row['n']} | "
-                f"{p_text(row['p_wilcoxon'])} | {row['verdict']} |"
+                f"{verdict_cells(row)}"
             )
     per_seed = [row for row in seeds or [] if row["metric"] == "dice"]
     if per_seed:
@@ -245,7 +244,6 @@ def markdown(
             lines.append(
                 f"| {row['method']} | {row['input']} | {row['against']} | "
                 f"{row['against_input']} | {row['seed']} | {row['group']} | {row['n']} | "
-                f"{interval_text(row)} | {row['better']}/{row['n']} | "
-                f"{p_text(row['p_wilcoxon'])} | {row['verdict']} |"
+                f"{verdict_cells(row)}"
             )
     return "\n".join(lines) + "\n"
