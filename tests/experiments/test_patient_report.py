@@ -8,8 +8,11 @@ from upseg.experiments.patient_report import (
     markdown,
     paired_rows,
     patient_score_rows,
+    reference_volumes,
     row_patients,
     seed_rows,
+    size_rows,
+    size_strata,
     summary_rows,
 )
 
@@ -121,3 +124,41 @@ def test_a_seed_with_unfinished_folds_is_compared_on_its_patients() -> None:
     rows = {r["seed"]: r for r in seed_rows(runs) if r["metric"] == "dice"}
     assert (rows[0]["n"], rows[1]["n"]) == (10, 5)
     assert rows[1]["mean"] == pytest.approx(0.2)
+
+
+def test_size_strata_split_patients_by_volume_smallest_first() -> None:
+    volumes = {"g": 30, "a": 10, "f": 70, "b": 10, "e": 50, "c": 20, "d": 40}
+    assert size_strata(volumes) == [["a", "b"], ["c", "g", "d"], ["e", "f"]]  # ties by id
+    assert size_strata(volumes, parts=2) == [["a", "b", "c", "g"], ["d", "e", "f"]]
+    assert size_strata(dict(list(volumes.items())[:5])) == []  # under two patients a part
+
+
+def sized(method: str, r: int, dice: dict[str, float], volume: dict[str, int]) -> dict:
+    result = record(method, r, 0, dice)
+    for pid, groups in result["scores"]["patients"].items():
+        groups["tumour"]["n_ref"] = volume[pid]
+    return result
+
+
+def test_heads_are_compared_within_each_lesion_size_third() -> None:
+    volume = {f"p{i}": 100 * (i + 1) for i in range(9)}
+    volume["p9"] = 0  # no reference tumour: in no third
+    base = {pid: 0.5 for pid in volume}
+    head = {pid: 0.5 + (0.1 if volume[pid] <= 300 and volume[pid] else 0.0) for pid in volume}
+    head["p4"] = 0.49  # a middle third with one patient behind
+    runs = [sized("elunet", 16, base, volume), sized("elunet+plain", 16, head, volume)]
+    assert reference_volumes(runs) == {"tumour": {p: v for p, v in volume.items() if v}}
+    dice = [r for r in size_rows(runs) if r["metric"] == "dice"]
+    assert [(r["part"], r["volume_low"], r["volume_high"], r["n"]) for r in dice] == [
+        (1, 100, 300, 3),
+        (2, 400, 600, 3),
+        (3, 700, 900, 3),
+    ]
+    assert [r["mean"] for r in dice] == pytest.approx([0.1, -0.01 / 3, 0.0])
+    assert [r["verdict"] for r in dice] == ["ahead", "level", "level"]
+    assert dice[1]["better"] == 0 and dice[0]["better"] == 3
+    text = markdown(summary_rows(runs), paired_rows(runs), sizes=size_rows(runs))
+    assert (
+        "| elunet+plain | 16 | elunet | 16 | tumour | 1 | 100-300 | 3 | 60.0 | 50.0 | "
+        "10.0 [10.0, 10.0] | 3/3 | 0.250 | ahead |" in text
+    )

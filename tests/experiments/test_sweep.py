@@ -77,6 +77,7 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
         ("elunet+skip", "elunet", m) for m in ("dice", "hd95", "nsd")
     }
     assert "### Paired comparisons" in tables
+    assert not (out / "sweep_paired_sizes.csv").exists()  # 4 patients: under two a third
     for figure in result["figures"]:
         assert figure.is_file() and figure.stat().st_size > 5_000
     runs = sorted((out / "runs").iterdir())

@@ -9,6 +9,7 @@ fold, seed and the run's evaluation scores, whose "patients" entry upseg.engine.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
@@ -17,6 +18,7 @@ from upseg.metrics import HIGHER_IS_BETTER, compare_patients, summarise
 from upseg.models.methods import baseline_of
 
 REPORTED = ("dice", "hd95", "nsd")  # per-patient metrics in the tables (Jaccard stays in CSV)
+SIZE_PARTS = 3  # lesion-size parts of size_rows(): thirds of the patients
 
 
 def row_patients(results: Iterable[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -137,6 +139,59 @@ def seed_rows(results: list[dict], bootstrap_seed: int = 0) -> list[dict]:
     return rows
 
 
+def reference_volumes(results: Iterable[dict]) -> dict[str, dict[str, int]]:
+    """group -> patient -> its reference volume, voxels at R (the scores' n_ref: the same in
+    every run that scores the patient). Patients without reference foreground are left out."""
+    volumes: dict[str, dict[str, int]] = defaultdict(dict)
+    for result in results:
+        for pid, groups in result["scores"].get("patients", {}).items():
+            for group, scores in groups.items():
+                if int(scores.get("n_ref", 0)) > 0:
+                    volumes[group][pid] = int(scores["n_ref"])
+    return dict(volumes)
+
+
+def size_strata(volumes: dict[str, int], parts: int = SIZE_PARTS) -> list[list[str]]:
+    """Patients sorted by volume (ties by id), split into `parts` near-equal consecutive
+    parts, smallest first; none when there are fewer than two patients a part."""
+    if len(volumes) < 2 * parts:
+        return []
+    ordered = sorted(volumes, key=lambda pid: (volumes[pid], pid))
+    bounds = [round(k * len(ordered) / parts) for k in range(parts + 1)]
+    return [ordered[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def size_rows(results: list[dict], seed: int = 0, parts: int = SIZE_PARTS) -> list[dict]:
+    """The comparisons() again within each lesion-size part: patients split by their
+    reference volume (reference_volumes(), size_strata()), so a reader sees for which lesion
+    sizes a head pays. "part" counts from 1 (smallest lesions); "volume_low"/"volume_high"
+    bound the part's reference volumes in voxels at R."""
+    grouped = _rows(results)
+    volumes = reference_volumes(results)
+    rows = []
+    for mine, other in comparisons(grouped):
+        ours, theirs = row_patients(grouped[mine]), row_patients(grouped[other])
+        for group, sizes in volumes.items():
+            for part, members in enumerate(size_strata(sizes, parts), start=1):
+                compared = compare_patients(
+                    {p: {group: ours[p][group]} for p in members if p in ours},
+                    {p: {group: theirs[p][group]} for p in members if p in theirs},
+                    {m: HIGHER_IS_BETTER[m] for m in REPORTED},
+                    seed=seed,
+                )
+                names = {
+                    "method": mine[0],
+                    "input": mine[1],
+                    "against": other[0],
+                    "against_input": other[1],
+                    "part": part,
+                    "volume_low": sizes[members[0]],
+                    "volume_high": sizes[members[-1]],
+                }
+                rows += [{**names, **row} for row in compared]
+    return rows
+
+
 def _paired(
     mine: tuple[str, int],
     other: tuple[str, int],
@@ -191,9 +246,10 @@ def markdown(
     paired: list[dict],
     tolerance: float | None = None,
     seeds: list[dict] | None = None,
+    sizes: list[dict] | None = None,
 ) -> str:
     """The tables: Dice and NSD in points of 100, HD95 in pixels at R; per seed (seed_rows())
-    Dice only, where the rows have more than one seed."""
+    and per lesion-size part (size_rows()) Dice only."""
     nsd = f"NSD@{tolerance:g}px" if tolerance is not None else "NSD"
     lines = [
         "### Per patient (all slices of a patient as one volume; mean over seeds per patient)",
@@ -244,6 +300,27 @@ def markdown(
             lines.append(
                 f"| {row['method']} | {row['input']} | {row['against']} | "
                 f"{row['against_input']} | {row['seed']} | {row['group']} | {row['n']} | "
+                f"{verdict_cells(row)}"
+            )
+    by_size = [row for row in sizes or [] if row["metric"] == "dice"]
+    if by_size:
+        lines += [
+            "",
+            "### By lesion size (per-patient Dice; the sweep's patients in thirds by their "
+            "reference volume, voxels at R, smallest first; difference = method - other; HD95 "
+            "and NSD in sweep_paired_sizes.csv)",
+            "",
+            "| method | input | against | at input | group | third | reference voxels | "
+            "patients | method mean | other mean | difference [95% CI] | better in | "
+            "p (signed rank) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in by_size:
+            lines.append(
+                f"| {row['method']} | {row['input']} | {row['against']} | "
+                f"{row['against_input']} | {row['group']} | {row['part']} | "
+                f"{row['volume_low']:,}-{row['volume_high']:,} | {row['n']} | "
+                f"{score_text('dice', row['ours'])} | {score_text('dice', row['theirs'])} | "
                 f"{verdict_cells(row)}"
             )
     return "\n".join(lines) + "\n"

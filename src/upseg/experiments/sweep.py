@@ -43,6 +43,7 @@ from upseg.experiments.patient_report import (
     paired_rows,
     patient_score_rows,
     seed_rows,
+    size_rows,
     summary_rows,
 )
 from upseg.io import write_csv, write_json, write_text_atomic
@@ -290,15 +291,17 @@ def _report(
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
     patient_summary, paired = summary_rows(results), paired_rows(results)
-    per_seed = seed_rows(results)
+    per_seed, by_size = seed_rows(results), size_rows(results)
     if patient_summary:
         write_csv(out / "sweep_patients.csv", patient_summary)
         write_csv(out / "sweep_patient_scores.csv", patient_score_rows(results))
-        tables += "\n" + patient_markdown(patient_summary, paired, seeds=per_seed)
+        tables += "\n" + patient_markdown(patient_summary, paired, seeds=per_seed, sizes=by_size)
     if paired:
         write_csv(out / "sweep_paired.csv", paired)
     if per_seed:
         write_csv(out / "sweep_paired_seeds.csv", per_seed)
+    if by_size:
+        write_csv(out / "sweep_paired_sizes.csv", by_size)
     if len(results) < planned or failed:
         tables += f"\n{len(results)} of {planned} planned runs are in these tables"
         tables += "; run the same command again to finish the others.\n" if not failed else ".\n"
