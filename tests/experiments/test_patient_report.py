@@ -141,24 +141,31 @@ def sized(method: str, r: int, dice: dict[str, float], volume: dict[str, int]) -
 
 
 def test_heads_are_compared_within_each_lesion_size_third() -> None:
-    volume = {f"p{i}": 100 * (i + 1) for i in range(9)}
-    volume["p9"] = 0  # no reference tumour: in no third
+    volume = {f"p{i:02d}": 100 * (i + 1) for i in range(30)}
+    volume["p30"] = 0  # no reference tumour: in no third
     base = {pid: 0.5 for pid in volume}
-    head = {pid: 0.5 + (0.1 if volume[pid] <= 300 and volume[pid] else 0.0) for pid in volume}
-    head["p4"] = 0.49  # a middle third with one patient behind
+    head = {pid: 0.6 if 0 < volume[pid] <= 1000 else 0.5 for pid in volume}
+    head["p14"] = 0.49  # the middle third: one patient behind
     runs = [sized("elunet", 16, base, volume), sized("elunet+plain", 16, head, volume)]
     assert reference_volumes(runs) == {"tumour": {p: v for p, v in volume.items() if v}}
     dice = [r for r in size_rows(runs) if r["metric"] == "dice"]
     assert [(r["part"], r["volume_low"], r["volume_high"], r["n"]) for r in dice] == [
-        (1, 100, 300, 3),
-        (2, 400, 600, 3),
-        (3, 700, 900, 3),
+        (1, 100, 1000, 10),
+        (2, 1100, 2000, 10),
+        (3, 2100, 3000, 10),
     ]
-    assert [r["mean"] for r in dice] == pytest.approx([0.1, -0.01 / 3, 0.0])
+    assert [r["mean"] for r in dice] == pytest.approx([0.1, -0.001, 0.0])
     assert [r["verdict"] for r in dice] == ["ahead", "level", "level"]
-    assert dice[1]["better"] == 0 and dice[0]["better"] == 3
+    assert (dice[0]["better"], dice[1]["better"]) == (10, 0)
     text = markdown(summary_rows(runs), paired_rows(runs), sizes=size_rows(runs))
     assert (
-        "| elunet+plain | 16 | elunet | 16 | tumour | 1 | 100-300 | 3 | 60.0 | 50.0 | "
-        "10.0 [10.0, 10.0] | 3/3 | 0.250 | ahead |" in text
+        "| elunet+plain | 16 | elunet | 16 | tumour | 1 | 100-1,000 | 10 | 60.0 | 50.0 | "
+        "10.0 [10.0, 10.0] | 10/10 | 0.002 | ahead |" in text
     )
+    # an unfinished fold: the head lacks two small-lesion patients, so the first third (8
+    # shared patients) gets no row; the thirds themselves stay those of all patients
+    runs[1]["scores"]["patients"] = {
+        p: s for p, s in runs[1]["scores"]["patients"].items() if p not in ("p00", "p01")
+    }
+    parts = [(r["part"], r["n"]) for r in size_rows(runs) if r["metric"] == "dice"]
+    assert parts == [(2, 10), (3, 10)]

@@ -19,6 +19,7 @@ from upseg.models.methods import baseline_of
 
 REPORTED = ("dice", "hd95", "nsd")  # per-patient metrics in the tables (Jaccard stays in CSV)
 SIZE_PARTS = 3  # lesion-size parts of size_rows(): thirds of the patients
+SIZE_MIN_PATIENTS = 10  # fewer paired patients in a part: no row (a bootstrap of 5 is no test)
 
 
 def row_patients(results: Iterable[dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -165,7 +166,9 @@ def size_rows(results: list[dict], seed: int = 0, parts: int = SIZE_PARTS) -> li
     """The comparisons() again within each lesion-size part: patients split by their
     reference volume (reference_volumes(), size_strata()), so a reader sees for which lesion
     sizes a head pays. "part" counts from 1 (smallest lesions); "volume_low"/"volume_high"
-    bound the part's reference volumes in voxels at R."""
+    bound the part's reference volumes in voxels at R. A part where the two rows share fewer
+    than SIZE_MIN_PATIENTS patients gets no row: a percentile bootstrap over a handful of
+    patients gives intervals too narrow to trust."""
     grouped = _rows(results)
     volumes = reference_volumes(results)
     rows = []
@@ -173,9 +176,12 @@ def size_rows(results: list[dict], seed: int = 0, parts: int = SIZE_PARTS) -> li
         ours, theirs = row_patients(grouped[mine]), row_patients(grouped[other])
         for group, sizes in volumes.items():
             for part, members in enumerate(size_strata(sizes, parts), start=1):
+                shared = [p for p in members if p in ours and p in theirs]
+                if len(shared) < SIZE_MIN_PATIENTS:
+                    continue
                 compared = compare_patients(
-                    {p: {group: ours[p][group]} for p in members if p in ours},
-                    {p: {group: theirs[p][group]} for p in members if p in theirs},
+                    {p: {group: ours[p][group]} for p in shared},
+                    {p: {group: theirs[p][group]} for p in shared},
                     {m: HIGHER_IS_BETTER[m] for m in REPORTED},
                     seed=seed,
                 )
