@@ -127,14 +127,14 @@ def test_a_seed_with_unfinished_folds_is_compared_on_its_patients() -> None:
 
 
 def test_size_strata_split_patients_by_volume_smallest_first() -> None:
-    volumes = {"g": 30, "a": 10, "f": 70, "b": 10, "e": 50, "c": 20, "d": 40}
+    volumes = {"g": 30, "b": 10, "f": 70, "a": 10, "e": 50, "c": 20, "d": 40}
     assert size_strata(volumes) == [["a", "b"], ["c", "g", "d"], ["e", "f"]]  # ties by id
     assert size_strata(volumes, parts=2) == [["a", "b", "c", "g"], ["d", "e", "f"]]
-    assert size_strata(dict(list(volumes.items())[:5])) == []  # under two patients a part
+    assert size_strata({"a": 1, "b": 2}) == []  # fewer patients than thirds
 
 
-def sized(method: str, r: int, dice: dict[str, float], volume: dict[str, int]) -> dict:
-    result = record(method, r, 0, dice)
+def sized(method: str, seed: int, dice: dict[str, float], volume: dict[str, int]) -> dict:
+    result = record(method, 16, seed, dice)
     for pid, groups in result["scores"]["patients"].items():
         groups["tumour"]["n_ref"] = volume[pid]
     return result
@@ -146,7 +146,12 @@ def test_heads_are_compared_within_each_lesion_size_third() -> None:
     base = {pid: 0.5 for pid in volume}
     head = {pid: 0.6 if 0 < volume[pid] <= 1000 else 0.5 for pid in volume}
     head["p14"] = 0.49  # the middle third: one patient behind
-    runs = [sized("elunet", 16, base, volume), sized("elunet+plain", 16, head, volume)]
+    runs = [
+        sized("elunet", 0, base, volume),
+        sized("elunet", 1, base, volume),
+        sized("elunet+plain", 0, head, volume),
+        sized("elunet+plain", 1, {p: d + 0.1 * (p < "p10") for p, d in head.items()}, volume),
+    ]
     assert reference_volumes(runs) == {"tumour": {p: v for p, v in volume.items() if v}}
     dice = [r for r in size_rows(runs) if r["metric"] == "dice"]
     assert [(r["part"], r["volume_low"], r["volume_high"], r["n"]) for r in dice] == [
@@ -154,18 +159,26 @@ def test_heads_are_compared_within_each_lesion_size_third() -> None:
         (2, 1100, 2000, 10),
         (3, 2100, 3000, 10),
     ]
-    assert [r["mean"] for r in dice] == pytest.approx([0.1, -0.001, 0.0])
+    # seeds averaged per patient first: the smallest third gains 0.1 and 0.2, mean 0.15
+    assert [r["mean"] for r in dice] == pytest.approx([0.15, -0.001, 0.0])
     assert [r["verdict"] for r in dice] == ["ahead", "level", "level"]
     assert (dice[0]["better"], dice[1]["better"]) == (10, 0)
     text = markdown(summary_rows(runs), paired_rows(runs), sizes=size_rows(runs))
     assert (
-        "| elunet+plain | 16 | elunet | 16 | tumour | 1 | 100-1,000 | 10 | 60.0 | 50.0 | "
-        "10.0 [10.0, 10.0] | 10/10 | 0.002 | ahead |" in text
+        "| elunet+plain | 16 | elunet | 16 | tumour | 1 | 100-1,000 | 10 | 65.0 | 50.0 | "
+        "15.0 [15.0, 15.0] | 10/10 | 0.002 | ahead |" in text
     )
     # an unfinished fold: the head lacks two small-lesion patients, so the first third (8
     # shared patients) gets no row; the thirds themselves stay those of all patients
-    runs[1]["scores"]["patients"] = {
-        p: s for p, s in runs[1]["scores"]["patients"].items() if p not in ("p00", "p01")
-    }
+    for run in runs[2:]:
+        run["scores"]["patients"] = {
+            p: s for p, s in run["scores"]["patients"].items() if p not in ("p00", "p01")
+        }
     parts = [(r["part"], r["n"]) for r in size_rows(runs) if r["metric"] == "dice"]
     assert parts == [(2, 10), (3, 10)]
+
+
+def test_reference_volumes_must_agree_between_runs() -> None:
+    runs = [sized("elunet", 0, {"a": 0.5}, {"a": 100}), sized("elunet", 1, {"a": 0.5}, {"a": 90})]
+    with pytest.raises(ValueError, match="patient a, tumour: reference volume 90"):
+        reference_volumes(runs)

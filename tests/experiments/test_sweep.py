@@ -7,6 +7,7 @@ import pytest
 
 from tests.helpers import run_cli
 from upseg.data import PhantomReader, prepare
+from upseg.experiments import patient_report
 from upseg.experiments.sweep import run_sweep
 from upseg.models import Method, parse_method
 
@@ -35,7 +36,7 @@ def test_parse_method() -> None:
         parse_method("elunet+wide")
 
 
-def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
+def test_sweep_tables_figures_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = prepare(
         PhantomReader(size=128, num_patients=4, slices_per_patient=3),
         tmp_path / "store",
@@ -77,7 +78,7 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
         ("elunet+skip", "elunet", m) for m in ("dice", "hd95", "nsd")
     }
     assert "### Paired comparisons" in tables
-    assert not (out / "sweep_paired_sizes.csv").exists()  # 4 patients: under two a third
+    assert not (out / "sweep_paired_sizes.csv").exists()  # 4 patients: under 10 a third
     for figure in result["figures"]:
         assert figure.is_file() and figure.stat().st_size > 5_000
     runs = sorted((out / "runs").iterdir())
@@ -88,9 +89,17 @@ def test_sweep_tables_figures_and_resume(tmp_path: Path) -> None:
         "elunet_r16_f1_s0",
     ]
     stamps = [(r / "checkpoints" / "last.pt").stat().st_mtime_ns for r in runs]
+    monkeypatch.setattr(patient_report, "SIZE_MIN_PATIENTS", 1)  # size thirds from 4 patients
     again = run_sweep(store, out, ["elunet", "elunet+skip"], [16], **kwargs)
     assert [(r / "checkpoints" / "last.pt").stat().st_mtime_ns for r in runs] == stamps
     assert again["rows"][0]["paper_jaccard"] == rows[0]["paper_jaccard"]
+    sizes = list(csv.DictReader((out / "sweep_paired_sizes.csv").open()))
+    assert {(r["group"], r["part"]) for r in sizes if r["metric"] == "dice"} >= {
+        ("WT", "1"),
+        ("WT", "2"),
+        ("WT", "3"),
+    }
+    assert "### By lesion size" in (out / "sweep.md").read_text()
 
 
 def test_sweep_cli_bad_method(tmp_path: Path) -> None:

@@ -116,7 +116,9 @@ def paired_rows(results: list[dict], seed: int = 0) -> list[dict]:
     grouped = _rows(results)
     rows = []
     for mine, other in comparisons(grouped):
-        rows += _paired(mine, other, grouped[mine], grouped[other], seed)
+        rows += _paired(
+            mine, other, row_patients(grouped[mine]), row_patients(grouped[other]), seed
+        )
     return rows
 
 
@@ -136,82 +138,83 @@ def seed_rows(results: list[dict], bootstrap_seed: int = 0) -> list[dict]:
         if len(shared) < 2:
             continue
         for seed in shared:
-            rows += _paired(mine, other, ours[seed], theirs[seed], bootstrap_seed, seed=seed)
+            a, b = row_patients(ours[seed]), row_patients(theirs[seed])
+            rows += _paired(mine, other, a, b, bootstrap_seed, seed=seed)
     return rows
 
 
 def reference_volumes(results: Iterable[dict]) -> dict[str, dict[str, int]]:
-    """group -> patient -> its reference volume, voxels at R (the scores' n_ref: the same in
-    every run that scores the patient). Patients without reference foreground are left out."""
+    """group -> patient -> its reference volume, voxels at R (the scores' n_ref, counted from
+    the reference mask: the same in every run that scores the patient, checked here).
+    Patients without reference foreground are left out."""
     volumes: dict[str, dict[str, int]] = defaultdict(dict)
     for result in results:
         for pid, groups in result["scores"].get("patients", {}).items():
             for group, scores in groups.items():
-                if int(scores.get("n_ref", 0)) > 0:
-                    volumes[group][pid] = int(scores["n_ref"])
+                n_ref = int(scores.get("n_ref", 0))
+                if n_ref <= 0:
+                    continue
+                if volumes[group].setdefault(pid, n_ref) != n_ref:
+                    raise ValueError(
+                        f"patient {pid}, {group}: reference volume {n_ref} in one run and "
+                        f"{volumes[group][pid]} in another; were the runs scored on one store?"
+                    )
     return dict(volumes)
 
 
 def size_strata(volumes: dict[str, int], parts: int = SIZE_PARTS) -> list[list[str]]:
-    """Patients sorted by volume (ties by id), split into `parts` near-equal consecutive
-    parts, smallest first; none when there are fewer than two patients a part."""
-    if len(volumes) < 2 * parts:
+    """Patient ids sorted by volume, then id, split into `parts` near-equal consecutive lists,
+    smallest volumes first (equal volumes may fall on both sides of a bound); none when there
+    are fewer patients than parts."""
+    if len(volumes) < parts:
         return []
     ordered = sorted(volumes, key=lambda pid: (volumes[pid], pid))
     bounds = [round(k * len(ordered) / parts) for k in range(parts + 1)]
     return [ordered[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def size_rows(results: list[dict], seed: int = 0, parts: int = SIZE_PARTS) -> list[dict]:
-    """The comparisons() again within each lesion-size part: patients split by their
-    reference volume (reference_volumes(), size_strata()), so a reader sees for which lesion
-    sizes a head pays. "part" counts from 1 (smallest lesions); "volume_low"/"volume_high"
-    bound the part's reference volumes in voxels at R. A part where the two rows share fewer
-    than SIZE_MIN_PATIENTS patients gets no row: a percentile bootstrap over a handful of
-    patients gives intervals too narrow to trust."""
+def size_rows(results: list[dict], seed: int = 0) -> list[dict]:
+    """The comparisons() again within each third of the patients by reference volume
+    (reference_volumes(), size_strata(); the thirds of every patient the sweep scores), so a
+    reader sees for which lesion sizes a head pays. "part" counts from 1 (smallest lesions);
+    "volume_low"/"volume_high" bound the third's volumes in voxels at R. A third where the
+    two rows share fewer than SIZE_MIN_PATIENTS patients gets no row: a percentile bootstrap
+    over a handful of patients gives intervals too narrow to trust."""
     grouped = _rows(results)
     volumes = reference_volumes(results)
     rows = []
     for mine, other in comparisons(grouped):
         ours, theirs = row_patients(grouped[mine]), row_patients(grouped[other])
         for group, sizes in volumes.items():
-            for part, members in enumerate(size_strata(sizes, parts), start=1):
+            for part, members in enumerate(size_strata(sizes), start=1):
                 shared = [p for p in members if p in ours and p in theirs]
                 if len(shared) < SIZE_MIN_PATIENTS:
                     continue
-                compared = compare_patients(
+                rows += _paired(
+                    mine,
+                    other,
                     {p: {group: ours[p][group]} for p in shared},
                     {p: {group: theirs[p][group]} for p in shared},
-                    {m: HIGHER_IS_BETTER[m] for m in REPORTED},
-                    seed=seed,
+                    seed,
+                    part=part,
+                    volume_low=sizes[members[0]],
+                    volume_high=sizes[members[-1]],
                 )
-                names = {
-                    "method": mine[0],
-                    "input": mine[1],
-                    "against": other[0],
-                    "against_input": other[1],
-                    "part": part,
-                    "volume_low": sizes[members[0]],
-                    "volume_high": sizes[members[-1]],
-                }
-                rows += [{**names, **row} for row in compared]
     return rows
 
 
 def _paired(
     mine: tuple[str, int],
     other: tuple[str, int],
-    ours: list[dict],
-    theirs: list[dict],
+    ours: dict[str, dict[str, dict[str, float]]],
+    theirs: dict[str, dict[str, dict[str, float]]],
     bootstrap_seed: int,
     **extra: int,
 ) -> list[dict]:
-    """compare_patients() of two rows' runs, each row named (method, input, against, ...)."""
+    """compare_patients() of two rows' per-patient scores (row_patients()), each row named
+    (method, input, against, against_input, then `extra`)."""
     compared = compare_patients(
-        row_patients(ours),
-        row_patients(theirs),
-        {m: HIGHER_IS_BETTER[m] for m in REPORTED},
-        seed=bootstrap_seed,
+        ours, theirs, {m: HIGHER_IS_BETTER[m] for m in REPORTED}, seed=bootstrap_seed
     )
     names = {"method": mine[0], "input": mine[1], "against": other[0], "against_input": other[1]}
     return [{**names, **extra, **row} for row in compared]
