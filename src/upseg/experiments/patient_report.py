@@ -275,61 +275,56 @@ def markdown(
             f"{score_text('hd95', row['hd95_median'])} | {score_text('nsd', row['nsd_mean'])} |"
         )
     if paired:
-        lines += [
-            "",
-            "### Paired comparisons (difference = method - other, 95% bootstrap interval over "
+        lines += _comparison_table(
+            "Paired comparisons (difference = method - other, 95% bootstrap interval over "
             "patients; lower HD95 is better; two-sided Wilcoxon signed-rank p): each head "
             "against its baseline at the same input, at twice the input, and against other "
             "backbones at the same input",
-            "",
-            "| method | input | against | at input | group | metric | patients | method mean | "
-            "other mean | difference [95% CI] | better in | p (signed rank) | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in paired:
-            m = row["metric"]
-            lines.append(
-                f"| {row['method']} | {row['input']} | {row['against']} | "
-                f"{row['against_input']} | {row['group']} | {m} | {row['n']} | "
-                f"{score_text(m, row['ours'])} | {score_text(m, row['theirs'])} | "
-                f"{verdict_cells(row)}"
-            )
+            ["group", "metric", "patients", "method mean", "other mean"],
+            paired,
+            lambda row: (
+                f"{row['group']} | {row['metric']} | {row['n']} | "
+                f"{score_text(row['metric'], row['ours'])} | "
+                f"{score_text(row['metric'], row['theirs'])}"
+            ),
+        )
     per_seed = [row for row in seeds or [] if row["metric"] == "dice"]
     if per_seed:
-        lines += [
-            "",
-            "### Each training seed alone (per-patient Dice, difference = method - other, "
+        lines += _comparison_table(
+            "Each training seed alone (per-patient Dice, difference = method - other, "
             "95% bootstrap interval over patients; HD95 and NSD in sweep_paired_seeds.csv)",
-            "",
-            "| method | input | against | at input | seed | group | patients | "
-            "difference [95% CI] | better in | p (signed rank) | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in per_seed:
-            lines.append(
-                f"| {row['method']} | {row['input']} | {row['against']} | "
-                f"{row['against_input']} | {row['seed']} | {row['group']} | {row['n']} | "
-                f"{verdict_cells(row)}"
-            )
+            ["seed", "group", "patients"],
+            per_seed,
+            lambda row: f"{row['seed']} | {row['group']} | {row['n']}",
+        )
     by_size = [row for row in sizes or [] if row["metric"] == "dice"]
     if by_size:
-        lines += [
-            "",
-            "### By lesion size (per-patient Dice; the sweep's patients in thirds by their "
+        lines += _comparison_table(
+            "By lesion size (per-patient Dice; the sweep's patients in thirds by their "
             "reference volume, voxels at R, smallest first; difference = method - other; HD95 "
             "and NSD in sweep_paired_sizes.csv)",
-            "",
-            "| method | input | against | at input | group | third | reference voxels | "
-            "patients | method mean | other mean | difference [95% CI] | better in | "
-            "p (signed rank) | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in by_size:
-            lines.append(
-                f"| {row['method']} | {row['input']} | {row['against']} | "
-                f"{row['against_input']} | {row['group']} | {row['part']} | "
+            ["group", "third", "reference voxels", "patients", "method mean", "other mean"],
+            by_size,
+            lambda row: (
+                f"{row['group']} | {row['part']} | "
                 f"{row['volume_low']:,}-{row['volume_high']:,} | {row['n']} | "
-                f"{score_text('dice', row['ours'])} | {score_text('dice', row['theirs'])} | "
-                f"{verdict_cells(row)}"
-            )
+                f"{score_text('dice', row['ours'])} | {score_text('dice', row['theirs'])}"
+            ),
+        )
     return "\n".join(lines) + "\n"
+
+
+def _comparison_table(
+    title: str, columns: list[str], rows: list[dict], cells: Callable[[dict], str]
+) -> list[str]:
+    """Markdown lines of one table of paired rows: the pair's names, `columns` filled by
+    `cells(row)`, then the verdict_cells()."""
+    header = ["method", "input", "against", "at input", *columns]
+    header += ["difference [95% CI]", "better in", "p (signed rank)", "verdict"]
+    lines = ["", f"### {title}", "", f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['input']} | {row['against']} | {row['against_input']} | "
+            f"{cells(row)} | {verdict_cells(row)}"
+        )
+    return lines
