@@ -203,3 +203,19 @@ def test_bundle_flags_are_checked_before_any_work(tmp_path: Path) -> None:
         result = run_cli(*argv)
         assert result.returncode == 2 and message in result.stderr, (argv, result.stderr)
     assert not (tmp_path / "b").exists()
+
+
+def test_export_of_a_guided_head_takes_the_full_image(tmp_path: Path) -> None:
+    """A guided model's graph takes the image at R (it averages it down to r itself) and keeps
+    its stages: the guides are not affine, so nothing folds."""
+    import onnx
+
+    model = build("elunet", 2, 3, 16, 64, head="guided", base_width=4)
+    with torch.no_grad():
+        for p in model.head.parameters():  # the guide weights of the stages start at zero
+            p.add_(0.1 * torch.randn_like(p))
+    result = export_onnx(model, tmp_path / "g.onnx")
+    assert result["input"] == [None, 2, 64, 64] and result["output"] == [None, 3, 64, 64]
+    assert result["max_abs_diff"] < 1e-4
+    graph = onnx.load(str(tmp_path / "g.onnx")).graph
+    assert not [i for i in graph.initializer if i.name.startswith("head.weight_")]

@@ -61,6 +61,12 @@ def baseline_run(brats_run: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def guided_run(brats_run: Path) -> Path:
+    """A tiny guided head (it reads the image at R) on brats_run's store."""
+    return tiny_run(brats_run.parent / "store", brats_run.parent / "guided", head="guided")
+
+
+@pytest.fixture(scope="module")
 def folder_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(images folder, store, run): a tiny run trained on PNGs of different sizes."""
     root = tmp_path_factory.mktemp("folder")
@@ -142,6 +148,18 @@ def test_lowres_input_is_the_training_input(
             real_store.lowres_images(16, mode),
             err_msg=mode,
         )
+
+
+def test_a_guided_run_takes_the_frames_at_full_resolution(guided_run: Path) -> None:
+    """Its model averages the frames down itself, so predict feeds them whole, as training
+    did (the store's float16 frames)."""
+    predictor = Predictor.from_run(guided_run)
+    store = SliceStore(guided_run.parent / "store")
+    frames = np.asarray(store.images[:3], dtype=np.float32)
+    np.testing.assert_array_equal(predictor.inputs(frames).numpy(), frames)
+    np.testing.assert_array_equal(
+        predictor.classes(frames), expected_classes(predictor, store.images[:3])
+    )
 
 
 def test_restore_undoes_the_padding_and_maps_labels(brats_run: Path) -> None:
@@ -357,18 +375,19 @@ def assert_same_labels(got: np.ndarray, expected: np.ndarray, logits: torch.Tens
         assert differ.mean() <= 1e-5, f"{int(differ.sum())} pixels differ, all at ties"
 
 
-@pytest.mark.parametrize("kind", ["head", "baseline", "folder"])
+@pytest.mark.parametrize("kind", ["head", "baseline", "guided", "folder"])
 def test_ort_masks_are_the_torch_masks(
     kind: str,
     brats_run: Path,
     baseline_run: Path,
+    guided_run: Path,
     folder_run: tuple[Path, Path, Path],
     tmp_path: Path,
 ) -> None:
     if kind == "folder":
         run, inputs = folder_run[2], [folder_run[0]]
     else:
-        run = brats_run if kind == "head" else baseline_run
+        run = {"head": brats_run, "baseline": baseline_run, "guided": guided_run}[kind]
         inputs = [brats_run.parent / "raw"]  # three case folders
     threads = torch.get_num_threads()
     eager = predict(run, inputs, tmp_path / "torch", runtime="torch", progress=False)

@@ -18,7 +18,7 @@ import yaml
 from tests.helpers import run_cli
 from upseg.data import BratsReader, PhantomReader, SliceStore, prepare
 from upseg.engine import TrainConfig
-from upseg.engine.runs import load_checkpoint
+from upseg.engine.runs import load_checkpoint, load_run, run_dataset
 from upseg.engine.schedule import learning_rate
 from upseg.engine.trainer import Trainer, train
 from upseg.errors import TrainingError
@@ -222,6 +222,22 @@ def test_nan_input_exits_non_zero(store: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "the loss became nan at epoch 1, step 1" in result.stderr
+
+
+def test_a_guided_run_trains_on_full_frames_and_evaluates(store: Path, tmp_path: Path) -> None:
+    """The guided head's run feeds the store's frames at R (the model averages them down for
+    the backbone); evaluation scores every stage and draws its figure the same way."""
+    run = tmp_path / "guided"
+    train(config(store, run, head="guided", epochs=1, max_steps_per_epoch=2), progress=False)
+    model, saved, _ = load_run(run)
+    opened = SliceStore(store)
+    dataset = run_dataset(saved, opened)
+    assert model.guided and dataset[0]["image"].shape == (len(opened.modalities), 64, 64)
+    written = evaluate_run(run, figures=True, num_slices=2, progress=False)
+    result = json.loads(written[0].read_text())
+    assert result["method"] == "elunet+guided@features" and result["input_size"] == 16
+    assert sorted(result["scores"]["stages"], key=int) == ["16", "32", "64"]
+    assert written[-1].name == "last_val_figure.png" and written[-1].stat().st_size > 10_000
 
 
 def test_evaluate_baseline_and_head(store: Path, tmp_path: Path) -> None:

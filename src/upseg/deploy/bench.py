@@ -97,7 +97,7 @@ def load_bench_models(
     from upseg.models.registry import make_backbone
 
     def entry(name: str, model: LowResSegmenter, output: int) -> BenchModel:
-        shape = (1, model.in_channels, model.input_size, model.input_size)
+        shape = (1, model.in_channels, model.feed_size, model.feed_size)
         activations = int(activation_mb(model, shape) * 1e6)
         with torch.inference_mode():
             classes = int(model(torch.zeros(shape)).shape[1])
@@ -142,7 +142,7 @@ def load_bench_models(
 def case_memory(entry: BenchModel, mode: str, batch: int) -> int:
     """Bytes one case may hold at once (see the module docstring)."""
     weights = 2 * 4 * sum(p.numel() for p in entry.model.parameters())
-    image = batch * 4 * entry.in_channels * entry.input_size**2
+    image = batch * 4 * entry.in_channels * entry.feed_size**2
     out = 0
     if mode == "e2e":  # logits stretched to R (float32) and labels (int64)
         out = batch * entry.output_size**2 * (4 * entry.classes + 8)

@@ -54,6 +54,11 @@ class BenchModel:
         return self.model.input_size
 
     @property
+    def feed_size(self) -> int:
+        """Side of the model's input: R for a guided head, else input_size."""
+        return self.model.feed_size
+
+    @property
     def in_channels(self) -> int:
         return int(self.model.in_channels)
 
@@ -115,7 +120,7 @@ class TorchRuntime(Runtime):
 
     def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
         model = self._device_model(entry, ctx)
-        x = torch.randn(batch, entry.in_channels, entry.input_size, entry.input_size)
+        x = torch.randn(batch, entry.in_channels, entry.feed_size, entry.feed_size)
         x = x.to(ctx.device)
         device_type = "cuda" if ctx.device.startswith("cuda") else "cpu"
         dtype, output_size = self.dtype, entry.output_size
@@ -207,7 +212,7 @@ class OrtRuntime(Runtime):
 
     def prepare(self, entry: BenchModel, mode: str, batch: int, ctx: BenchContext) -> Runner:
         session = self.session(entry, mode, ctx)
-        size = entry.input_size
+        size = entry.feed_size
         x = np.random.default_rng(0).standard_normal((batch, entry.in_channels, size, size))
         feed = {session.get_inputs()[0].name: x.astype(np.float32)}
         return lambda: session.run(None, feed)
@@ -218,7 +223,7 @@ def _check_labels(session, entry: BenchModel, path: Path, logits=None) -> None:
     up to near ties in a few pixels. `logits`: a function image -> logits to compare with."""
     from upseg.deploy.export import ExportError
 
-    x = torch.randn(2, entry.in_channels, entry.input_size, entry.input_size)
+    x = torch.randn(2, entry.in_channels, entry.feed_size, entry.feed_size)
     with torch.inference_mode():
         scores = entry.model(x) if logits is None else logits(x)
         expected = stretch_logits(scores, entry.output_size).argmax(1).numpy()
@@ -237,7 +242,7 @@ class RandomCalibration:
 
     def __init__(self, entry: BenchModel, batches: int = 4, batch: int = 8) -> None:
         generator = np.random.default_rng(0)
-        shape = (batch, entry.in_channels, entry.input_size, entry.input_size)
+        shape = (batch, entry.in_channels, entry.feed_size, entry.feed_size)
         self.batches = [generator.standard_normal(shape).astype(np.float32) for _ in range(batches)]
 
     def get_next(self) -> dict[str, np.ndarray] | None:

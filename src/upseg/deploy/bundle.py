@@ -302,7 +302,7 @@ def write_bundle(
     Predictor(model, config, data)  # a ValueError for runs predict cannot serve (phantom)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in MACHINE_SETTINGS}
     channels, r = len(data["modalities"]), config.input_size
-    out_shape = _output_shape(model, channels, r)
+    out_shape = _output_shape(model, channels, model.feed_size)
     evaluation, note = run_evaluation(run, checkpoint, state.get("epoch"))
     info = {
         "name": run.resolve().name,
@@ -317,6 +317,7 @@ def write_bundle(
         "size": int(data["size"]),
         "in_channels": channels,
         "input_size": r,
+        "feed_size": model.feed_size,
         "downsample": config.downsample,
         "out_channels": out_shape[0],
         "out_size": out_shape[-1],

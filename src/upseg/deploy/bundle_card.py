@@ -163,9 +163,15 @@ def readme(info: dict) -> str:
         f"**{RESEARCH_ONLY}**",
         "",
         "## Model",
-        f"- upseg {info['method']}: input {c} x {r} x {r} (z-scored "
-        f"{', '.join(info['modalities'])}, down-sampled from {big} x {big} with "
-        f"`{info['downsample']}`), output {info['out_channels']} x {info['out_size']} x "
+        f"- upseg {info['method']}: "
+        + (
+            f"input {c} x {big} x {big} (z-scored {', '.join(info['modalities'])}; the "
+            f"backbone sees it averaged down to {r} x {r}, the guided head reads it whole)"
+            if info.get("feed_size", r) != r
+            else f"input {c} x {r} x {r} (z-scored {', '.join(info['modalities'])}, "
+            f"down-sampled from {big} x {big} with `{info['downsample']}`)"
+        )
+        + f", output {info['out_channels']} x {info['out_size']} x "
         f"{info['out_size']} class logits"
         + (" (stretched bilinearly to R before the argmax)" if info["out_size"] != big else ""),
         f"- classes: {', '.join(f'{i} {n}' for i, n in enumerate(classes))}; masks are "
@@ -233,6 +239,7 @@ def readme(info: dict) -> str:
 
 def metadata(info: dict) -> dict:
     c, r, fmt = info["in_channels"], info["input_size"], info["format"]
+    side = info.get("feed_size", r)  # a guided model takes the image at R
     classes = info["class_names"]
     modality = "MR" if fmt == "brats" else ", ".join(info["modalities"])
     if info["out_channels"] == 1:  # a bce model: one logit, foreground where > 0
@@ -274,7 +281,9 @@ def metadata(info: dict) -> dict:
         "copyright": info["copyright"],
         "data_source": f"{DATA_SOURCES.get(fmt, fmt)} (store '{info['store']['name']}')",
         "data_type": "nibabel" if fmt in ("brats", "decathlon") else "image",
-        "image_classes": f"{c} channels ({', '.join(info['modalities'])}), z-scored, {r} x {r}",
+        "image_classes": (
+            f"{c} channels ({', '.join(info['modalities'])}), z-scored, {side} x {side}"
+        ),
         "label_classes": "one channel of label values: "
         + ", ".join(f"{v} {classes[int(k)]}" for k, v in info["label_values"].items()),
         "pred_classes": f"{info['out_channels']} channels of logits at "
@@ -287,7 +296,7 @@ def metadata(info: dict) -> dict:
                     "format": "magnitude",
                     "modality": modality,
                     "num_channels": c,
-                    "spatial_shape": [r, r],
+                    "spatial_shape": [side, side],
                     "dtype": "float32",
                     "value_range": [],
                     "is_patch_data": False,

@@ -77,7 +77,7 @@ def export_onnx(
     in_channels = model.in_channels
     if in_channels is None:
         raise ValueError("the model does not record its input channels; build it with build()")
-    size = model.input_size
+    size = model.feed_size
     example = torch.randn(2, in_channels, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:  # any failure (or Ctrl-C) removes the temporary file

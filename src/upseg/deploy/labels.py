@@ -66,8 +66,8 @@ def export_labels(
             return add_label_output(logits, dst, output_size, uint8, binary, metadata)
     import onnx
 
-    r, channels = model.input_size, int(model.in_channels)
-    write_onnx(FoldedLabels(folded, uint8), torch.randn(2, channels, r, r), dst, "labels")
+    side, channels = model.feed_size, int(model.in_channels)
+    write_onnx(FoldedLabels(folded, uint8), torch.randn(2, channels, side, side), dst, "labels")
     graph = onnx.load(str(dst))
     _store_metadata(graph, metadata)
     onnx.save(graph, str(dst))

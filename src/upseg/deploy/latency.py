@@ -23,7 +23,7 @@ def end_to_end_latency_ms(
     """Median and p90 milliseconds of model (+ bilinear stretch to R for a baseline) + argmax,
     PyTorch eager on the CPU with the current thread count."""
     model = model.eval()
-    x = torch.randn(batch, in_channels, model.input_size, model.input_size)
+    x = torch.randn(batch, in_channels, model.feed_size, model.feed_size)
 
     def run() -> torch.Tensor:
         return stretch_logits(model(x), output_size).argmax(1)

@@ -3,7 +3,8 @@ input's own voxel grid with the source's label values.
 
 An input goes through the functions that built the run's slice store (the readers' own
 z-scoring and pad / stretch to R), is rounded to float16 as the store keeps its frames, and
-is downsampled to r with the run's mode, so the model sees what it saw in training. The
+is downsampled to r with the run's mode (a guided model takes it at R and averages it
+down itself), so the model sees what it saw in training. The
 R x R class maps then go back the way they came: un-padded (or un-cropped) for BraTS,
 stretched back with nearest neighbours for Decathlon slices and images, and class indices
 turned back into label values (BraTS 0/1/2/4, the Decathlon labels, the folder's pixel
@@ -194,8 +195,8 @@ def check_labels(session: Any, model: LowResSegmenter, size: int) -> None:
     pixels whose PyTorch decision margin is within MARGIN_TOLERANCE."""
     from upseg.deploy.export import ExportError
 
-    r, channels = model.input_size, int(model.in_channels)
-    x = torch.randn(3, channels, r, r, generator=torch.Generator().manual_seed(0))
+    side, channels = model.feed_size, int(model.in_channels)
+    x = torch.randn(3, channels, side, side, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = stretch_logits(model.eval()(x).float(), size)
     expected = labels_from_logits(logits).numpy()
@@ -320,10 +321,11 @@ class Predictor:
 
     # -- the model's side: R x R frames -> inputs at r -> classes at R -------------------
     def inputs(self, images: np.ndarray) -> torch.Tensor:
-        """(N, C, R, R) frames -> (N, C, r, r) float32 model inputs, on the CPU, computed as
-        SliceStore.lowres_images computes them from the store's float16 frames."""
+        """(N, C, R, R) frames -> (N, C, r, r) float32 model inputs (R x R for a guided head,
+        which averages them down itself), on the CPU, computed as SliceStore.lowres_images
+        computes them from the store's float16 frames."""
         block = torch.from_numpy(np.asarray(images, dtype=np.float16).astype(np.float32))
-        return downsample_image(block, self.config.input_size, self.config.downsample)
+        return downsample_image(block, self.model.feed_size, self.config.downsample)
 
     def classes(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, C, R, R) frames -> (N, R, R) uint8 class indices (a baseline's logits are

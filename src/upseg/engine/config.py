@@ -150,9 +150,15 @@ class TrainConfig:
         elif self.head in HEADS:
             self.head_init = resolve_head_init(self.head_init)  # also former names
         _check_choices(self)
-        if self.head_input != DEFAULT_HEAD_INPUT and self.head != "plain":
+        if self.head_input != DEFAULT_HEAD_INPUT and self.head not in ("plain", "guided"):
             raise ValueError(
-                f"head_input {self.head_input!r} needs the plain head, not head {self.head!r}"
+                f"head_input {self.head_input!r} needs the plain or guided head, not head "
+                f"{self.head!r}"
+            )
+        if self.head == "guided" and self.downsample != "area":
+            raise ValueError(
+                f"the guided head averages the full image down to r itself ('area'); "
+                f"downsample {self.downsample!r} does not apply to it"
             )
         _check_ranges(self)
 

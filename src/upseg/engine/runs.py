@@ -81,11 +81,18 @@ def run_patients(config: TrainConfig, store: SliceStore, split: str) -> list[str
     return dict(zip(SPLITS, (val, train, store.patient_ids()), strict=True))[split]
 
 
+def feed_size(config: TrainConfig, store: SliceStore) -> int:
+    """Side of the images a run's model takes: the store's R for the guided head (it reads
+    the full image and averages it down itself), else the input size r."""
+    return store.size if config.head == "guided" else config.input_size
+
+
 def run_dataset(config: TrainConfig, store: SliceStore, split: str = "val") -> LowResPairs:
-    """The (input at r, mask at R) pairs of a run's split, made as in its training."""
+    """The (input at r, or at R for a guided head; mask at R) pairs of a run's split, made as
+    in its training."""
     return LowResPairs(
         store,
-        config.input_size,
+        feed_size(config, store),
         downsample=config.downsample,
         patients=run_patients(config, store, split),
     )

@@ -30,6 +30,7 @@ from upseg.engine.runs import (
     build_model,
     changed_settings,
     check_store,
+    feed_size,
     load_checkpoint,
     load_weights,
     read_metrics,
@@ -135,13 +136,13 @@ class Trainer:
         train, val = split_patients(config, self.store)
         self.train_set = LowResPairs(
             self.store,
-            config.input_size,
+            feed_size(config, self.store),
             downsample=config.downsample,
             flips=config.flips,
             patients=train,
         )
         self.val_set = LowResPairs(
-            self.store, config.input_size, downsample=config.downsample, patients=val
+            self.store, feed_size(config, self.store), downsample=config.downsample, patients=val
         )
         if len(self.train_set) == 0 or len(self.val_set) == 0:
             part = "training" if len(self.train_set) == 0 else "validation"

@@ -113,6 +113,8 @@ def figure(
                 row[mask_key] = downsample_labels(
                     torch.from_numpy(np.array(store.masks[i])), cfg.input_size
                 ).numpy()
+        if model.guided:  # it takes the frames at R and averages them down itself
+            inputs = np.asarray(store.images[chosen], dtype=np.float32)
         predictions = _predict_labels(model, torch.from_numpy(inputs), store.size)
         columns.append(label)
         for row, prediction in zip(rows, predictions, strict=True):

@@ -32,9 +32,9 @@ def check_head_input(name: str) -> str:
 
 def resolve_head_input(head: str | None, head_input: str | None) -> str:
     """`head_input`, or when None the recipe's choice (docs/results.md): 'features' for the
-    plain head, 'logits' for the skip head and for a baseline."""
+    plain and the guided head, 'logits' for the skip head and for a baseline."""
     if head_input is None:
-        return "features" if head == "plain" else DEFAULT_HEAD_INPUT
+        return "features" if head in ("plain", "guided") else DEFAULT_HEAD_INPUT
     return check_head_input(head_input)
 
 

@@ -231,13 +231,12 @@ def _probe(
 
 def fold_model(model: nn.Module) -> nn.Module:
     """An eval-mode copy of a LowResSegmenter whose head, if any, is folded (the model itself is
-    left as it is). Heads whose folded convolution would exceed MAX_FOLDED_CHANNELS output
-    channels keep their stages."""
+    left as it is). Guided heads, and heads whose folded convolution would exceed
+    MAX_FOLDED_CHANNELS output channels, keep their stages."""
     folded = copy.deepcopy(model).eval()
     head = getattr(folded, "head", None)
-    if isinstance(head, UpscalingHead) and head.num_classes * 4**head.num_stages <= (
-        MAX_FOLDED_CHANNELS
-    ):
+    foldable = isinstance(head, UpscalingHead) and not head.guided  # guides are not affine
+    if foldable and head.num_classes * 4**head.num_stages <= MAX_FOLDED_CHANNELS:
         folded.head = fold_head(head)
     return folded
 

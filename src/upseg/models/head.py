@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from upseg.models.features import check_logit_conv
+from upseg.models.guide import GUIDE_WIDTH, ImageGuide, image_pyramid
 from upseg.models.subpixel import StageTerms, attach_windows, window_shuffle
 
 HeadInit = Literal["upsample", "bilinear", "pytorch"]
@@ -116,11 +117,14 @@ class UpscalingStage(nn.Sequential):
     carries the window tensor, which MultiScaleLoss scores directly.
     """
 
-    def __init__(self, in_channels: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, num_classes: int, extra_channels: int = 0) -> None:
         super().__init__(
-            nn.ConvTranspose2d(in_channels, num_classes, 2, stride=2),
+            nn.ConvTranspose2d(in_channels + extra_channels, num_classes, 2, stride=2),
             nn.Conv2d(num_classes, num_classes, 3, padding=1),
         )
+        # The last extra_channels inputs (a guided head's guide) are not what the up-sampling
+        # inits act on: those start with zero weights (zero_extra_inputs).
+        self.main_channels = in_channels
         self.composed = True  # False: run the two layers one after the other
 
     def composed_weights(self) -> tuple[Tensor, Tensor]:
@@ -175,6 +179,11 @@ class UpscalingStage(nn.Sequential):
         return self[1](self[0](x))
 
     @torch.no_grad()
+    def zero_extra_inputs(self) -> None:
+        """Zero the transposed conv's weights on the extra (guide) inputs."""
+        self[0].weight[self.main_channels :] = 0.0
+
+    @torch.no_grad()
     def init_as_nearest_upsampling(self, logit_conv: nn.Conv2d | None = None) -> None:
         """Make the stage exact 2x nearest up-sampling of its input.
 
@@ -212,19 +221,20 @@ class UpscalingStage(nn.Sequential):
         transposed.weight.zero_()  # (Cin, Nc, 2, 2)
         transposed.bias.zero_()
         if logit_conv is None:
-            groups = transposed.in_channels // num_classes
+            groups = self.main_channels // num_classes
             for g in range(groups):
                 for c in range(num_classes):
                     transposed.weight[g * num_classes + c, c] = 1.0 / groups
         else:
             check_logit_conv(logit_conv, num_classes)
-            if logit_conv.in_channels != transposed.in_channels:
+            if logit_conv.in_channels != self.main_channels:
                 raise ValueError(
                     f"the logit conv reads {logit_conv.in_channels} channels, the stage "
-                    f"{transposed.in_channels}"
+                    f"{self.main_channels}"
                 )
             weight = logit_conv.weight[:, :, 0, 0].T.to(transposed.weight)  # (Cin, Nc)
-            transposed.weight.copy_(weight[:, :, None, None].expand_as(transposed.weight))
+            main = transposed.weight[: self.main_channels]
+            main.copy_(weight[:, :, None, None].expand_as(main))
             if logit_conv.bias is not None:
                 transposed.bias.copy_(logit_conv.bias)
         conv.weight.zero_()  # (Nc, Nc, 3, 3)
@@ -262,6 +272,11 @@ class UpscalingHead(nn.Module):
     initialisation (the paper's). On the shared BraTS cases the 'pytorch' start lost to the
     baseline in 24 of 25 short runs (docs/results.md).
 
+    With `guide_channels` = C > 0 it is a guided head (plain only; upseg.models.guide): every
+    stage also reads `guide_width` channels computed from the image (B, C, R, R), which
+    forward then needs. The stages' weights on those channels start at zero, so with any init
+    the untrained guided head equals the plain head it extends.
+
     init 'bilinear' starts every stage as bilinear x2 up-sampling (align_corners=False; see
     UpscalingStage.init_as_bilinear_upsampling), concat stages of the skip head on the mean of
     their two inputs as with 'upsample', and the stretch chains bilinear too, so the skip head
@@ -283,6 +298,8 @@ class UpscalingHead(nn.Module):
         skip: bool = False,
         init: HeadInit = DEFAULT_HEAD_INIT,
         logit_conv: nn.Conv2d | None = None,
+        guide_channels: int = 0,
+        guide_width: int = GUIDE_WIDTH,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -304,6 +321,10 @@ class UpscalingHead(nn.Module):
                     "head_input='features' needs the plain head"
                 )
             check_logit_conv(logit_conv, num_classes)
+        if guide_channels and skip:
+            raise ValueError("the guided head extends the plain head, not the inner-skip head")
+        if guide_channels < 0:
+            raise ValueError(f"guide_channels must be at least 0, got {guide_channels}")
         init = resolve_head_init(init)
         self.num_classes = num_classes
         self.num_stages = num_stages
@@ -311,13 +332,20 @@ class UpscalingHead(nn.Module):
         self.init = init
         self.in_channels = num_classes if logit_conv is None else logit_conv.in_channels
         self.head_input = "logits" if logit_conv is None else "features"
+        self.guide_channels = guide_channels
+        extra = guide_width if guide_channels else 0
         first_skip = 3 if skip else num_stages + 1
         self.stages = nn.ModuleList(
             UpscalingStage(
                 self.in_channels if k == 1 else num_classes * (2 if k >= first_skip else 1),
                 num_classes,
+                extra,
             )
             for k in range(1, num_stages + 1)
+        )
+        self.guides = nn.ModuleList(
+            ImageGuide(guide_channels, num_classes, guide_width)
+            for _ in range(num_stages if guide_channels else 0)
         )
         # stretches[i] serves stage first_skip + i: k - 1 plain stages, Y0 -> size of Y_{k-1}.
         self.stretches = nn.ModuleList(
@@ -333,24 +361,43 @@ class UpscalingHead(nn.Module):
                         module.init_as_nearest_upsampling(conv)
                     else:
                         module.init_as_bilinear_upsampling(conv)
+        for stage in self.stages:
+            stage.zero_extra_inputs()
 
-    def forward(self, x: Tensor, logits: Tensor | None = None) -> list[Tensor]:
+    @property
+    def guided(self) -> bool:
+        return self.guide_channels > 0
+
+    def forward(
+        self, x: Tensor, logits: Tensor | None = None, image: Tensor | None = None
+    ) -> list[Tensor]:
         """x: stage 1's input, the logits (B, Nc, r, r) or, for a features head, the features
-        (B, C_f, r, r); logits: Y0 when x is not (default x)."""
-        outputs = [x]
+        (B, C_f, r, r); logits: Y0 when x is not (default x); image: (B, C, R, R), what a
+        guided head reads (and only it)."""
+        if self.guided != (image is not None):
+            raise ValueError(
+                "a guided head needs the full-resolution image"
+                if self.guided
+                else "only a guided head reads the image"
+            )
+        levels = image_pyramid(image, self.num_stages) if image is not None else []
+        outputs = [x if logits is None else logits]
+        previous = x
         for k, stage in enumerate(self.stages, start=1):
-            previous = outputs[-1]
             if k >= self.first_skip:
                 stretched = self.stretches[k - self.first_skip](x)
                 previous = torch.cat([stretched, previous], dim=1)
-            outputs.append(stage(previous))
-        if logits is not None:
-            outputs[0] = logits
+            if levels:
+                guide = self.guides[k - 1](levels[k], outputs[-1])
+                previous = torch.cat([previous, guide], dim=1)
+            previous = stage(previous)
+            outputs.append(previous)
         return outputs
 
     def extra_repr(self) -> str:
         features = f", in_channels={self.in_channels}" if self.head_input == "features" else ""
+        guide = f", guide_channels={self.guide_channels}" if self.guided else ""
         return (
             f"num_classes={self.num_classes}, num_stages={self.num_stages}, "
-            f"skip={self.skip}, init={self.init!r}{features}"
+            f"skip={self.skip}, init={self.init!r}{features}{guide}"
         )

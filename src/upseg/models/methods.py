@@ -15,7 +15,7 @@ from upseg.models.features import DEFAULT_HEAD_INPUT, HEAD_INPUTS, check_head_in
 from upseg.models.head import DEFAULT_HEAD_INIT, HEAD_INITS, resolve_head_init
 from upseg.models.registry import get_backbone_spec
 
-HEADS: tuple[str, ...] = ("plain", "skip")  # the up-scaling heads
+HEADS: tuple[str, ...] = ("plain", "skip", "guided")  # the up-scaling heads
 BASELINE = "none"  # no head: how configs, flags and method names name the baseline
 HEAD_CHOICES: tuple[str, ...] = (*HEADS, BASELINE)  # what a configuration may name
 
@@ -56,11 +56,11 @@ def parse_method(text: str) -> Method:
     get_backbone_spec(backbone)  # raises with the list of names
     head = head or BASELINE
     known = ("", *HEAD_INITS, "default") if head != BASELINE else ("",)  # default: former name
-    inputs = HEAD_INPUTS if head == "plain" else ()
+    inputs = HEAD_INPUTS if head in ("plain", "guided") else ()
     if head not in HEAD_CHOICES or init not in known or (at and source not in inputs):
         raise ValueError(
-            f"method {text!r} is not backbone[+plain[@features]|+skip][:bilinear|:pytorch] or "
-            "backbone+plain@features[:pytorch], e.g. elunet+plain:pytorch"
+            f"method {text!r} is not backbone[+plain[@features]|+guided[@features]|+skip]"
+            "[:bilinear|:pytorch], e.g. elunet+plain:pytorch or elunet+guided@features"
         )
     return Method(
         backbone, head, resolve_head_init(init or DEFAULT_HEAD_INIT), source or DEFAULT_HEAD_INPUT

@@ -138,7 +138,8 @@ def profile_model(
     Keys: method, input, output, params, head_params, gmac, and with `memory` (needs real
     weights) activation_mb and peak_mb.
     """
-    shape = (1, in_channels, input_size, input_size)
+    side = getattr(model, "feed_size", input_size)  # a guided model takes the image at R
+    shape = (1, in_channels, side, side)
     head = getattr(model, "head", None)
     row: dict[str, object] = {
         "method": method,

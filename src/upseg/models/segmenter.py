@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from upseg.models.features import DEFAULT_HEAD_INPUT, resolve_head_input, split_logit_conv
@@ -13,8 +14,10 @@ from upseg.models.registry import get_backbone_spec, make_backbone
 
 
 class LowResSegmenter(nn.Module):
-    """Input (B, C, r, r). Training mode: list of logits at r, 2r, ..., R (one tensor at r for a
-    baseline). Eval mode: only the finest logits tensor, so the model exports with one output.
+    """Input (B, C, r, r), or (B, C, R, R) for a guided head (`feed_size`: the model averages
+    it down to r for the backbone and the head reads it; upseg.models.guide). Training mode:
+    list of logits at r, 2r, ..., R (one tensor at r for a baseline). Eval mode: only the
+    finest logits tensor, so the model exports with one output.
 
     With `logit_conv` (head_input 'features') the backbone ends before its final 1x1 conv and
     returns its features (B, C_f, r, r); logit_conv makes the logits at r from them and the
@@ -48,34 +51,60 @@ class LowResSegmenter(nn.Module):
         return 0 if self.head is None else self.head.num_stages
 
     @property
+    def guided(self) -> bool:
+        """True where the head reads the full-resolution image (the model's input is at R)."""
+        return isinstance(self.head, UpscalingHead) and self.head.guided
+
+    @property
+    def feed_size(self) -> int:
+        """Side of the image the model takes: R for a guided head, r otherwise."""
+        return self.output_size if self.guided else self.input_size
+
+    @property
     def head_input(self) -> str:
         """'features' where the head reads the backbone's features, else 'logits'."""
         return DEFAULT_HEAD_INPUT if self.logit_conv is None else "features"
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.training or self.logit_conv is None:
+        if self.training or self.logit_conv is None or self.guided:  # guides read the logits
             outputs = self.forward_all(x)
             return outputs if self.training else outputs[-1]
-        self._check_input(x)
-        return self.head(self.backbone(x))[-1]
+        image = self._check_input(x)
+        small = self._backbone_input(x)
+        return self.head(self.backbone(small), image=image)[-1]
 
     def forward_all(self, x: Tensor) -> list[Tensor]:
         """Logits of every stage, coarse to fine, in either mode (for per-stage scoring)."""
-        self._check_input(x)
-        out = self.backbone(x)
+        image = self._check_input(x)
+        out = self.backbone(self._backbone_input(x))
         if self.head is None:
             return [out]
         if self.logit_conv is None:
-            return self.head(out)
-        return self.head(out, self.logit_conv(out))  # out: the features
+            return self.head(out, image=image)
+        return self.head(out, self.logit_conv(out), image=image)  # out: the features
 
-    def _check_input(self, x: Tensor) -> None:
+    def _backbone_input(self, x: Tensor) -> Tensor:
+        factor = self.output_size // self.input_size
+        return F.avg_pool2d(x, factor) if self.guided and factor > 1 else x
+
+    def _check_input(self, x: Tensor) -> Tensor | None:
+        """The image a guided head reads (x itself), else None; a ValueError for a size the
+        model cannot take."""
         height, width = x.shape[-2:]
+        if self.guided:
+            if (height, width) != (self.output_size, self.output_size):
+                raise ValueError(
+                    f"input of size {height}x{width}: a guided model takes the full-resolution "
+                    f"image, {self.output_size}x{self.output_size} (it averages it down to "
+                    f"{self.input_size} itself)"
+                )
+            return x
         if height % self.divisor or width % self.divisor:
             raise ValueError(
                 f"input of size {height}x{width}: both sides must be multiples of "
                 f"{self.divisor} for this backbone (the model was built for {self.input_size})"
             )
+        return None
 
 
 def _valid_sizes(divisor: int, near: int) -> str:
@@ -147,9 +176,9 @@ def build(
         choices = ", ".join(repr(h) for h in HEADS)
         raise ValueError(f"unknown head {head!r}; choose {choices} or None (baseline)")
     head_input = resolve_head_input(head, head_input)
-    if head_input != DEFAULT_HEAD_INPUT and head != "plain":
+    if head_input != DEFAULT_HEAD_INPUT and head not in ("plain", "guided"):
         raise ValueError(
-            f"head_input {head_input!r} needs the plain head, not "
+            f"head_input {head_input!r} needs the plain or guided head, not "
             f"{'a baseline' if head is None else repr(head)} (the inner-skip head reads the "
             "logits only)"
         )
@@ -188,7 +217,12 @@ def build(
         None
         if head is None
         else UpscalingHead(
-            num_classes, num_stages, skip=head == "skip", init=head_init, logit_conv=logit_conv
+            num_classes,
+            num_stages,
+            skip=head == "skip",
+            init=head_init,
+            logit_conv=logit_conv,
+            guide_channels=in_channels if head == "guided" else 0,
         )
     )
     return LowResSegmenter(
