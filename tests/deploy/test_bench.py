@@ -327,3 +327,18 @@ def test_files_exported_in_earlier_groups_keep_their_models() -> None:
     )
     assert result["skipped"] == []
     assert len(result["rows"]) == 2 * 2 * 2 * len(bench.MODES)
+
+
+def test_a_guided_head_is_timed_on_the_full_image() -> None:
+    """The guided model takes the image at R: the bench feeds it so in every runtime, and its
+    end-to-end graph passes the label check before it is timed."""
+    result = bench.run_bench(
+        ["elunet+guided"],
+        resolutions=[16],
+        runtimes=["torch-fp32", "ort-fp32"],
+        batches=[1],
+        **TINY,
+    )
+    assert result["skipped"] == []
+    got = {(r["runtime"], r["mode"]) for r in result["rows"]}
+    assert got == set(itertools.product(["torch-fp32", "ort-fp32"], bench.MODES))

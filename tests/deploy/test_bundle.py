@@ -304,3 +304,39 @@ def test_literal_strings_survive_monai_parsing(tmp_path: Path) -> None:
     parser = ConfigParser()
     parser.read_config(str(path))
     assert parser.get_parsed_content("data") == values
+
+
+def test_a_guided_bundle_takes_the_full_image(
+    brats_run: Path, new_inputs: list[Path], tmp_path: Path
+) -> None:
+    """The guided head's network takes the frames at R (256), so the bundle says so, its ONNX
+    model takes them, and the MONAI runner still writes predict's masks."""
+    store = brats_run.parent / "store"
+    run = tmp_path / "guided"
+    config = TrainConfig(
+        store=str(store), out=str(run), head="guided", max_steps_per_epoch=1, **TINY
+    )
+    train(config, progress=False)
+    out = tmp_path / "upseg_guided"
+    write_bundle(run, out)
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [256, 256]
+    assert "averaged down to 16 x 16" in (out / "docs" / "README.md").read_text()
+    session = ort.InferenceSession(str(out / "models" / "model.onnx"))
+    assert session.get_inputs()[0].shape[1:] == [4, 256, 256]
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(out / "configs" / "inference.json"),
+        "--meta_file", str(out / "configs" / "metadata.json"),
+        "--bundle_root", str(out),
+        "--input", repr([str(new_inputs[0])]),
+        "--output_dir", str(tmp_path / "masks"),
+        "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = predict(run, new_inputs[:1], tmp_path / "predict_masks", progress=False)
+    path = Path(expected["written"][0])
+    ours = np.asarray(nib.load(tmp_path / "masks" / path.name).dataobj)
+    assert ours.tobytes() == np.asarray(nib.load(path).dataobj).tobytes()

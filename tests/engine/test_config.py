@@ -23,7 +23,7 @@ def test_the_head_input_default_depends_on_the_head(head: str, expected: str) ->
 
 
 def test_features_still_need_the_plain_head_when_asked_for() -> None:
-    with pytest.raises(ValueError, match="needs the plain head"):
+    with pytest.raises(ValueError, match="needs the plain or guided head"):
         TrainConfig(store="s", out="o", head="skip", head_input="features")
     assert TrainConfig(store="s", out="o", head_input="logits").head_input == "logits"
 

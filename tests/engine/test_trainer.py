@@ -655,8 +655,8 @@ def test_runs_saved_before_head_input_read_their_logits(store: Path, tmp_path: P
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"head": "skip", "head_input": "features"}, "needs the plain head"),
-        ({"head": "none", "head_input": "features"}, "needs the plain head"),
+        ({"head": "skip", "head_input": "features"}, "needs the plain or guided head"),
+        ({"head": "none", "head_input": "features"}, "needs the plain or guided head"),
         ({"head_input": "pixels"}, "unknown head_input 'pixels'"),
     ],
 )

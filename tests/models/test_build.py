@@ -41,7 +41,7 @@ def test_default_head_input_is_the_recipe() -> None:
     assert paper.head_input == "logits" and paper.logit_conv is None
     assert build("elunet", 1, 2, 16, 256, head="skip", base_width=4).head_input == "logits"
     assert build("elunet", 1, 2, 16, base_width=4).head_input == "logits"
-    with pytest.raises(ValueError, match="needs the plain head"):
+    with pytest.raises(ValueError, match="needs the plain or guided head"):
         build("elunet", 1, 2, 16, 256, head="skip", head_input="features", base_width=4)
 
 

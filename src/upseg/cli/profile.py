@@ -15,7 +15,7 @@ from upseg.models import BASELINE, HEADS, list_backbones
 # the model flags with their defaults (not with a RUN)
 MODEL_FLAGS = {
     "backbones": ["elunet", "unet"],
-    "heads": [BASELINE, *HEADS],
+    "heads": [BASELINE, "plain", "skip"],  # the paper's Table IV; --heads guided adds it
     "input_sizes": [16, 32, 64],
     "output_size": 256,
     "in_channels": 4,
@@ -166,7 +166,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         f"default {defaults['backbones']})",
     )
     models.add_argument(
-        "--heads", nargs="+", choices=MODEL_FLAGS["heads"], help=f"default: {defaults['heads']}"
+        "--heads", nargs="+", choices=[BASELINE, *HEADS], help=f"default: {defaults['heads']}"
     )
     models.add_argument(
         "--input-sizes",

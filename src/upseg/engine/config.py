@@ -75,7 +75,8 @@ class TrainConfig:
     head: str = setting(
         "plain",
         choices=HEAD_CHOICES,
-        help="up-scaling head; none trains the baseline (default {default})",
+        help="up-scaling head; guided: the plain head that also reads the full-resolution "
+        "image; none trains the baseline (default {default})",
     )
     head_init: str = setting(
         DEFAULT_HEAD_INIT,
@@ -83,11 +84,12 @@ class TrainConfig:
         help="upsample: stages start as nearest up-sampling (default); bilinear: as repeated "
         "bilinear x2; pytorch: PyTorch's layer initialisation, as in the paper",
     )
-    head_input: str | None = setting(  # features: plain head only; None: resolved below
+    head_input: str | None = setting(  # features: plain or guided head; None: resolved below
         None,
         choices=HEAD_INPUTS,
         help="what the head's first stage reads: the features that feed the backbone's final "
-        "1x1 conv (default for the plain head, the recipe chosen in docs/results.md) or its "
+        "1x1 conv (default for the plain and guided heads, the recipe chosen in "
+        "docs/results.md) or its "
         "logits (the paper's head; the default of the skip head)",
     )
     input_size: int = setting(16, help="input resolution r (default {default})")

@@ -69,9 +69,8 @@ class LowResSegmenter(nn.Module):
         if self.training or self.logit_conv is None or self.guided:  # guides read the logits
             outputs = self.forward_all(x)
             return outputs if self.training else outputs[-1]
-        image = self._check_input(x)
-        small = self._backbone_input(x)
-        return self.head(self.backbone(small), image=image)[-1]
+        self._check_input(x)
+        return self.head(self.backbone(x))[-1]
 
     def forward_all(self, x: Tensor) -> list[Tensor]:
         """Logits of every stage, coarse to fine, in either mode (for per-stage scoring)."""
@@ -79,9 +78,10 @@ class LowResSegmenter(nn.Module):
         out = self.backbone(self._backbone_input(x))
         if self.head is None:
             return [out]
+        guide = {} if image is None else {"image": image}  # a folded head takes no image
         if self.logit_conv is None:
-            return self.head(out, image=image)
-        return self.head(out, self.logit_conv(out), image=image)  # out: the features
+            return self.head(out, **guide)
+        return self.head(out, self.logit_conv(out), **guide)  # out: the features
 
     def _backbone_input(self, x: Tensor) -> Tensor:
         factor = self.output_size // self.input_size
