@@ -16,7 +16,8 @@ def test_the_recipe_is_the_default() -> None:
 
 
 @pytest.mark.parametrize(
-    ("head", "expected"), [("plain", "features"), ("skip", "logits"), ("none", "logits")]
+    ("head", "expected"),
+    [("plain", "features"), ("guided", "features"), ("skip", "logits"), ("none", "logits")],
 )
 def test_the_head_input_default_depends_on_the_head(head: str, expected: str) -> None:
     assert TrainConfig(store="s", out="o", head=head).head_input == expected
