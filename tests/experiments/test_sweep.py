@@ -261,3 +261,25 @@ def test_sweep_passes_the_recipe_to_every_run(tmp_path: Path) -> None:
         "bilinear",
         "features",
     )
+
+
+def test_a_guided_head_is_swept_and_costed_at_its_own_input(tmp_path: Path) -> None:
+    """The guided model takes the image at R: its cost column counts that input, and it is
+    paired with the baseline at the same r like any head."""
+    from upseg.models import build
+    from upseg.models.guide import guide_num_params
+    from upseg.models.profile import count_macs, count_parameters
+
+    store = tiny_store(tmp_path)
+    kwargs = {"epochs": 1, "batch_size": 2, "progress": False}
+    small = {"backbone_kwargs": {"base_width": 4}}
+    report = run_sweep(
+        store, tmp_path / "s", ["elunet+plain", "elunet+guided"], [16], extra=small, **kwargs
+    )
+    assert report["failed"] == []
+    plain, guided = report["rows"]
+    assert guided["method"] == "elunet+guided"
+    assert guided["params"] == plain["params"] + guide_num_params(4, 4, 2, 8)
+    model = build("elunet", 4, 4, 16, 64, head="guided", head_input="logits", base_width=4)
+    assert guided["gmac"] == count_macs(model, (1, 4, 64, 64)) / 1e9 > plain["gmac"]
+    assert count_parameters(model) == guided["params"]

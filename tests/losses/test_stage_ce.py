@@ -162,18 +162,19 @@ def test_usable_only_for_what_the_kernel_computes(kernel) -> None:
 
 
 def kernel_against_torch(
-    monkeypatch, model, output_size: int, base: str = "ce"
+    monkeypatch, model, output_size: int, base: str = "ce", side: int = 16
 ) -> list[tuple[int, bool]]:
     """One training step of `model()` (a fresh, perturbed model each call) with the kernel and
     one without; loss and every gradient must agree. Returns the kernel's calls: (input
-    channels of the stage conv, whether it went through the conv)."""
+    channels of the stage conv, whether it went through the conv). `side`: of the input (R
+    for a guided head)."""
 
     def step() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         torch.manual_seed(3)
         net = model().train()
         for p in net.parameters():  # leave the exact start
             p.data.add_(0.05 * torch.randn_like(p))
-        x = torch.randn(2, 2, 16, 16)
+        x = torch.randn(2, 2, side, side)
         mask = torch.randint(0, 3, (2, output_size, output_size), dtype=torch.uint8)
         loss = MultiScaleLoss(3, base=base)(net(x), mask)
         loss.backward()
@@ -219,6 +220,18 @@ def test_a_features_head_trains_the_same_with_and_without_the_kernel(
 
     calls = kernel_against_torch(monkeypatch, model, output_size, "dice_ce")
     assert [c[1] for c in calls] == through and calls[0][0] == 8  # stage 1 reads the features
+
+
+def test_a_guided_head_trains_the_same_with_and_without_the_kernel(kernel, monkeypatch) -> None:
+    """Every stage of a guided head reads 8 guide channels beside its input (stage 1: the
+    C_f = 8 features too); the kernel's gradient through the finest stage's conv reaches its
+    guide, whose input is the full-resolution image."""
+
+    def model() -> torch.nn.Module:
+        return build("elunet", 2, 3, 16, 64, head="guided", base_width=8)
+
+    calls = kernel_against_torch(monkeypatch, model, 64, "dice_ce", side=64)
+    assert calls == [(8 + 8, False), (3 + 8, True)]
 
 
 def test_without_a_compiler_the_kernel_is_skipped_and_training_goes_on(monkeypatch, tmp_path):

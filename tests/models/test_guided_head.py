@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from upseg.engine import TrainConfig
+from upseg.losses import MultiScaleLoss
 from upseg.models.folded_head import fold_model
 from upseg.models.guide import ImageGuide, guide_num_params, image_pyramid
 from upseg.models.head import UpscalingHead
@@ -76,16 +77,22 @@ def test_image_pyramid_levels_are_area_averages() -> None:
     assert levels[-1] is image
 
 
-def test_guide_reads_each_output_pixel_of_its_stage() -> None:
+def test_guide_reads_every_image_pixel_of_the_blocks_around_it() -> None:
     guide = ImageGuide(1, 2, width=3)
-    image, logits = torch.zeros(1, 1, 8, 8, requires_grad=True), torch.zeros(1, 2, 4, 4)
+    with torch.no_grad():
+        guide.conv.bias.fill_(100.0)  # keep the ReLU open: every input shows in the gradient
+    image = torch.zeros(1, 1, 8, 8, requires_grad=True)
+    logits = torch.zeros(1, 2, 4, 4, requires_grad=True)
     out = guide(image, logits)
     assert out.shape == (1, 3, 4, 4)
-    guide.conv.weight.grad = None
-    (guide.conv(torch.cat([F.pixel_unshuffle(image, 2), logits], 1))[0, :, 1, 1]).sum().backward()
-    # output position (1, 1) sees the 3 x 3 blocks around it: image pixels 0..5 on each side
+    out[0, :, 1, 1].sum().backward()
+    # position (1, 1) at s = 4 sees the 3 x 3 blocks around it: image pixels 0..5 at 2s = 8
+    # in both directions (each its own channel), and logits 0..2
     touched = image.grad[0, 0] != 0
     assert touched[:6, :6].all() and not touched[6:].any() and not touched[:, 6:].any()
+    assert (logits.grad[0, :, :3, :3] != 0).all() and not logits.grad[0, :, 3:].any()
+    # the packing keeps each pixel apart: the gradient differs across a 2 x 2 block
+    assert len(set(image.grad[0, 0, 2:4, 2:4].flatten().tolist())) == 4
 
 
 @pytest.mark.parametrize(
@@ -126,9 +133,40 @@ def test_guided_names_and_settings() -> None:
 
 
 def test_fold_model_keeps_the_guided_stages() -> None:
-    model = build("elunet", 1, 2, 16, 64, head="guided", **TINY).eval()
-    folded = fold_model(model)
-    assert isinstance(folded.head, UpscalingHead)
-    image = torch.randn(1, 1, 64, 64)
+    """The plain head of the same size folds; the guided one, not affine, keeps its stages."""
+    plain = build("elunet", 1, 2, 16, 64, head="plain", **TINY)
+    assert not isinstance(fold_model(plain).head, UpscalingHead)
+    model = build("elunet", 1, 2, 16, 64, head="guided", **TINY)
+    assert isinstance(fold_model(model).head, UpscalingHead)
+
+
+def test_every_guide_learns_through_the_multiscale_loss() -> None:
+    """Through the training path (composed stages, MultiScaleLoss) every stage's guide gets a
+    gradient once the stages' guide weights have left zero."""
+    model = build("elunet", 1, 2, 16, 64, head="guided", **TINY).train()
     with torch.no_grad():
-        torch.testing.assert_close(folded(image), model(image))
+        for stage in model.head.stages:
+            stage[0].weight.add_(0.05 * torch.randn_like(stage[0].weight))
+    mask = torch.randint(0, 2, (2, 64, 64), dtype=torch.uint8)
+    MultiScaleLoss(2, base="dice_ce")(model(torch.randn(2, 1, 64, 64)), mask).backward()
+    for guide in model.head.guides:
+        assert guide.conv.weight.grad.abs().sum() > 0
+
+
+def test_a_guided_model_runs_under_bf16_autocast() -> None:
+    model = build("elunet", 1, 2, 16, 64, head="guided", **TINY)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    image = torch.randn(2, 1, 64, 64)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(image)
+    assert [o.dtype for o in outputs][-1] == torch.bfloat16
+    sum(o.float().mean() for o in outputs).backward()
+    assert model.head.guides[-1].conv.weight.grad is not None
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(image).float()
+    with torch.no_grad():
+        torch.testing.assert_close(low, model(image), rtol=0.05, atol=0.05)

@@ -13,7 +13,8 @@ from upseg.data.store import SliceStore
 
 
 class LowResPairs(Dataset):
-    """Items: {"image": (C, r, r) float32, "mask": (R, R) uint8, "index": int} and, with
+    """Items: {"image": (C, r, r) float32 (r = input_size, which is R for a guided head's
+    run), "mask": (R, R) uint8, "index": int} and, with
     `lowres_mask`, "mask_lowres": (r, r) uint8 (block centres, what baselines train on).
     Masks stay uint8 (8x less to copy and collate); the loss and metrics take any integer type.
 

@@ -9,13 +9,13 @@ Why that form: on x86 onnxruntime's fast int8 kernels multiply uint8 activations
 weights; int8 activations kept int8 at fp32 speed, and QOperator ran 1.1x faster than the same
 model in QDQ form (docs/benchmarks.md, "int8: which onnxruntime form pays").
 
-Calibration feeds the quantiser's MinMax calibrator inputs at r made exactly as in training
-(`run_dataset`, the store's per-r cache) from the run's TRAINING patients only, so that the
-validation patients that judge the int8 model never set its ranges. Both ONNX models are
-scored with `upseg.engine.score` (logits stretched bilinearly to R for a baseline,
-confusion matrix at R, and per patient); an int8 model whose mean per-patient Dice, in any
-class or region, is more than `max_dice_drop` below the fp32 model's is not written unless
-forced.
+Calibration feeds the quantiser's MinMax calibrator inputs at r (at R for a guided head)
+made exactly as in training (`run_dataset`, the store's per-r cache) from the run's TRAINING
+patients only, so that the validation patients that judge the int8 model never set its
+ranges. Both ONNX models are scored with `upseg.engine.score` (logits stretched bilinearly
+to R for a baseline, confusion matrix at R, and per patient); an int8 model whose mean
+per-patient Dice, in any class or region, is more than `max_dice_drop` below the fp32
+model's is not written unless forced.
 
 The three files are written together or not at all: every file is made under a temporary
 name first, and only an accepted (or forced) int8 model renames them into place. A refusal

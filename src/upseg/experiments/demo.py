@@ -131,7 +131,7 @@ def _row(
         "patient_hd95": scores["patient_summary"][group]["hd95"]["mean"],
         "vs_baseline": vs_baseline,
         "params": count_parameters(model),
-        "gmac": count_macs(model, (1, channels, r, r)) / 1e9,
+        "gmac": count_macs(model, (1, channels, model.feed_size, model.feed_size)) / 1e9,
         "latency_ms": end_to_end_latency_ms(model, channels, store.size)["median_ms"],
         "run": str(run),
     }

@@ -265,7 +265,7 @@ def _report(
                 "curve": [statistics.fmean(c) for c in zip(*curves, strict=True)],
                 "curves": curves,
                 "params": count_parameters(model),
-                "gmac": count_macs(model, (1, len(store.modalities), r, r)) / 1e9,
+                "gmac": count_macs(model, (1, len(store.modalities), *[model.feed_size] * 2)) / 1e9,
                 "train_minutes": sum(x["train_seconds"] for x in mine) / 60,
             }
             metrics = {
