@@ -35,6 +35,7 @@ from upseg.models import (
     resolve_head_init,
     resolve_head_input,
 )
+from upseg.models.features import FEATURE_HEADS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -152,7 +153,7 @@ class TrainConfig:
         elif self.head in HEADS:
             self.head_init = resolve_head_init(self.head_init)  # also former names
         _check_choices(self)
-        if self.head_input != DEFAULT_HEAD_INPUT and self.head not in ("plain", "guided"):
+        if self.head_input != DEFAULT_HEAD_INPUT and self.head not in FEATURE_HEADS:
             raise ValueError(
                 f"head_input {self.head_input!r} needs the plain or guided head, not head "
                 f"{self.head!r}"

@@ -20,6 +20,8 @@ HEAD_INPUTS: tuple[str, ...] = ("logits", "features")
 # What a method name without '@' and a stored run without the setting mean: the paper's head,
 # reading the logits. What build() and `upseg train` pick when not told: resolve_head_input.
 DEFAULT_HEAD_INPUT = "logits"
+# The heads whose first stage may read the features (the skip head reads the logits only).
+FEATURE_HEADS: tuple[str, ...] = ("plain", "guided")
 
 
 def check_head_input(name: str) -> str:
@@ -34,7 +36,7 @@ def resolve_head_input(head: str | None, head_input: str | None) -> str:
     """`head_input`, or when None the recipe's choice (docs/results.md): 'features' for the
     plain and the guided head, 'logits' for the skip head and for a baseline."""
     if head_input is None:
-        return "features" if head in ("plain", "guided") else DEFAULT_HEAD_INPUT
+        return "features" if head in FEATURE_HEADS else DEFAULT_HEAD_INPUT
     return check_head_input(head_input)
 
 

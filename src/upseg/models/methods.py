@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from upseg.models.features import DEFAULT_HEAD_INPUT, HEAD_INPUTS, check_head_input
+from upseg.models.features import (
+    DEFAULT_HEAD_INPUT,
+    FEATURE_HEADS,
+    HEAD_INPUTS,
+    check_head_input,
+)
 from upseg.models.head import DEFAULT_HEAD_INIT, HEAD_INITS, resolve_head_init
 from upseg.models.registry import get_backbone_spec
 
@@ -56,7 +61,7 @@ def parse_method(text: str) -> Method:
     get_backbone_spec(backbone)  # raises with the list of names
     head = head or BASELINE
     known = ("", *HEAD_INITS, "default") if head != BASELINE else ("",)  # default: former name
-    inputs = HEAD_INPUTS if head in ("plain", "guided") else ()
+    inputs = HEAD_INPUTS if head in FEATURE_HEADS else ()
     if head not in HEAD_CHOICES or init not in known or (at and source not in inputs):
         raise ValueError(
             f"method {text!r} is not backbone[+plain[@features]|+guided[@features]|+skip]"

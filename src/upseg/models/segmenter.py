@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from upseg.models.features import DEFAULT_HEAD_INPUT, resolve_head_input, split_logit_conv
+from upseg.models.features import (
+    DEFAULT_HEAD_INPUT,
+    FEATURE_HEADS,
+    resolve_head_input,
+    split_logit_conv,
+)
 from upseg.models.folded_head import FoldedHead
 from upseg.models.head import DEFAULT_HEAD_INIT, UpscalingHead
 from upseg.models.methods import HEADS
@@ -176,7 +181,7 @@ def build(
         choices = ", ".join(repr(h) for h in HEADS)
         raise ValueError(f"unknown head {head!r}; choose {choices} or None (baseline)")
     head_input = resolve_head_input(head, head_input)
-    if head_input != DEFAULT_HEAD_INPUT and head not in ("plain", "guided"):
+    if head_input != DEFAULT_HEAD_INPUT and head not in FEATURE_HEADS:
         raise ValueError(
             f"head_input {head_input!r} needs the plain or guided head, not "
             f"{'a baseline' if head is None else repr(head)} (the inner-skip head reads the "
