@@ -1,20 +1,27 @@
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
+from upseg.data.errors import DataError
 from upseg.experiments.patient_report import (
+    SCORE_COLUMNS,
     markdown,
     paired_rows,
     patient_score_rows,
+    read_patient_scores,
     reference_volumes,
+    results_from_score_rows,
     row_patients,
     seed_rows,
     size_rows,
     size_strata,
     summary_rows,
 )
+from upseg.io import write_csv
 
 
 def record(method: str, r: int, seed: int, dice: dict[str, float], hd: float = 3.0) -> dict:
@@ -182,3 +189,47 @@ def test_reference_volumes_must_agree_between_runs() -> None:
     runs = [sized("elunet", 0, {"a": 0.5}, {"a": 100}), sized("elunet", 1, {"a": 0.5}, {"a": 90})]
     with pytest.raises(ValueError, match="patient a, tumour: reference volume 90"):
         reference_volumes(runs)
+
+
+def test_score_rows_read_back_give_the_same_tables(tmp_path: Path) -> None:
+    base = {f"p{i}": 0.5 + 0.02 * i for i in range(12)}
+    runs = [
+        {**record("elunet", 16, 0, base, hd=5.0), "fold": 0},
+        {**record("elunet", 16, 1, {p: d + 0.01 for p, d in base.items()}), "fold": 0},
+        {**record("elunet+plain", 16, 0, {p: d + 0.04 for p, d in base.items()}), "fold": 0},
+        {**record("elunet+plain", 16, 1, {"p0": math.nan, "p1": 0.6}), "fold": 0},
+    ]
+    path = write_csv(tmp_path / "scores.csv", patient_score_rows(runs))
+    back = results_from_score_rows(read_patient_scores(path))
+    assert [(r["method"], r["input"], r["fold"], r["seed"]) for r in back] == [
+        ("elunet", 16, 0, 0),
+        ("elunet", 16, 0, 1),
+        ("elunet+plain", 16, 0, 0),
+        ("elunet+plain", 16, 0, 1),
+    ]
+    assert math.isnan(back[3]["scores"]["patients"]["p0"]["tumour"]["dice"])
+    for table in (patient_score_rows, paired_rows, summary_rows):  # json: NaN equals NaN
+        assert json.dumps(table(back)) == json.dumps(table(runs))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "holds no per-patient scores"),
+        ("method,input,fold,seed,patient,group,dice\nelunet,16,0,0,a,tumour,0.5\n",
+         "lacks the column.s. jaccard, hd95, nsd"),
+        (f"{','.join(SCORE_COLUMNS)}\nelunet,sixteen,0,0,a,tumour,0.5,0.3,2,0.6\n",
+         "line 2: a number cannot be read"),
+        (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,2,0.6\nelunet,16,0\n",
+         "line 3 has fewer fields"),
+        (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,2,0.6,7\n",
+         "line 2 has more fields"),
+    ],
+)  # fmt: skip
+def test_bad_score_files_are_named(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "scores.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=rf"scores\.csv: {problem}"):
+        read_patient_scores(path)
+    with pytest.raises(DataError, match=r"missing\.csv: cannot read"):
+        read_patient_scores(tmp_path / "missing.csv")

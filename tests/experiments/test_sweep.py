@@ -283,3 +283,55 @@ def test_a_guided_head_is_swept_and_costed_at_its_own_input(tmp_path: Path) -> N
     model = build("elunet", 4, 4, 16, 64, head="guided", head_input="logits", base_width=4)
     assert guided["gmac"] == count_macs(model, (1, 4, 64, 64)) / 1e9 > plain["gmac"]
     assert count_parameters(model) == guided["params"]
+
+
+def test_a_sweep_pairs_its_heads_with_an_earlier_sweeps_patients(tmp_path: Path) -> None:
+    from upseg.data.errors import DataError
+
+    store = tiny_store(tmp_path)
+    kwargs = {
+        "folds": 3,
+        "epochs": 1,
+        "batch_size": 2,
+        "extra": {"backbone_kwargs": {"base_width": 4}},
+        "progress": False,
+    }
+    run_sweep(store, tmp_path / "a", ["elunet"], [16], **kwargs)
+    earlier = tmp_path / "a" / "sweep_patient_scores.csv"
+    result = run_sweep(store, tmp_path / "b", ["elunet+plain"], [16], pair_with=[earlier], **kwargs)
+    paired = list(csv.DictReader((tmp_path / "b" / "sweep_paired.csv").open()))
+    dice = [r for r in paired if r["metric"] == "dice" and r["group"] == "WT"]
+    assert [(r["method"], r["against"], r["n"]) for r in dice] == [("elunet+plain", "elunet", "3")]
+    theirs = [float(r["dice"]) for r in csv.DictReader(earlier.open()) if r["group"] == "WT"]
+    assert float(dice[0]["theirs"]) == pytest.approx(sum(theirs) / len(theirs))
+    own = list(csv.DictReader((tmp_path / "b" / "sweep_patient_scores.csv").open()))
+    assert {r["method"] for r in own} == {"elunet+plain"}  # its own runs only
+    assert f"- elunet at 16: 3 runs from {earlier}" in result["tables"]
+    assert [r["method"] for r in result["rows"]] == ["elunet+plain"]  # pooled tables: its own
+
+    with pytest.raises(DataError, match="elunet at input 16, fold 0, seed 0 is also in this sweep"):
+        run_sweep(store, tmp_path / "c", ["elunet"], [16], pair_with=[earlier], **kwargs)
+    with pytest.raises(DataError, match=r"is also in .*a.sweep_patient_scores\.csv"):
+        run_sweep(store, tmp_path / "c", ["unet"], [16], pair_with=[earlier, earlier], **kwargs)
+    other = tmp_path / "other.csv"
+    other.write_text(earlier.read_text().replace(own[0]["patient"], "somebody_else"))
+    with pytest.raises(
+        DataError,
+        match=r"other\.csv: 1 patient\(s\) are not in the store",
+    ):
+        run_sweep(store, tmp_path / "c", ["unet"], [16], pair_with=[other], **kwargs)
+    assert not (tmp_path / "c" / "runs").exists()  # refused before any training
+    bad = run_cli(
+        "sweep",
+        "--store",
+        str(store),
+        "--out",
+        str(tmp_path / "c"),
+        "--methods",
+        "unet",
+        "--resolutions",
+        "16",
+        "--pair-with",
+        str(tmp_path / "none.csv"),
+    )
+    assert bad.returncode == 1 and "none.csv: cannot read the per-patient scores" in bad.stderr

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         workers=args.workers,
         time_limit=None if args.time_limit is None else 60 * args.time_limit,
+        pair_with=args.pair_with,
     )
     print(result["tables"])
     for path in result["figures"]:
@@ -92,6 +93,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="MINUTES",
         help="start no new run after this many minutes (runs in flight finish; the tables "
         "hold the finished runs, and the same command later finishes the rest)",
+    )
+    sweep.add_argument(
+        "--pair-with",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="earlier sweeps' sweep_patient_scores.csv: their runs join the per-patient tables "
+        "and paired comparisons (e.g. a baseline trained on another machine)",
     )
     sweep.add_argument("--quiet", action="store_true")
     sweep.set_defaults(func=run, parser=sweep)

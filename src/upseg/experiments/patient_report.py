@@ -9,11 +9,14 @@ fold, seed and the run's evaluation scores, whose "patients" entry upseg.engine.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
+from pathlib import Path
 
+from upseg.data.errors import DataError
 from upseg.metrics import HIGHER_IS_BETTER, compare_patients, summarise
 from upseg.models.methods import baseline_of
 
@@ -75,6 +78,66 @@ def patient_score_rows(results: list[dict]) -> list[dict]:
                     }
                 )
     return rows
+
+
+def results_from_score_rows(rows: Iterable[dict]) -> list[dict]:
+    """The inverse of patient_score_rows(): one record per (method, input, fold, seed), with
+    the per-patient scores under "scores" -> "patients", as the tables above read them."""
+    records: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["method"], row["input"], row.get("fold"), row.get("seed"))
+        record = records.setdefault(
+            key,
+            {"method": key[0], "input": key[1], "fold": key[2], "seed": key[3],
+             "scores": {"patients": defaultdict(dict)}},
+        )  # fmt: skip
+        scores = {m: row[m] for m in HIGHER_IS_BETTER if m in row}
+        record["scores"]["patients"][row["patient"]][row["group"]] = scores
+    for record in records.values():
+        record["scores"]["patients"] = dict(record["scores"]["patients"])
+    return list(records.values())
+
+
+SCORE_COLUMNS = ("method", "input", "fold", "seed", "patient", "group", *HIGHER_IS_BETTER)
+
+
+def read_patient_scores(path: str | Path) -> list[dict]:
+    """The rows of a sweep_patient_scores.csv (patient_score_rows() of an earlier sweep):
+    input, fold and seed as integers, the metrics as floats (empty or "nan": NaN)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(path, f"cannot read the per-patient scores ({error})") from None
+    if not rows:
+        raise DataError(path, "holds no per-patient scores")
+    missing = [c for c in SCORE_COLUMNS if c not in rows[0]]
+    if missing:
+        raise DataError(
+            path, f"lacks the column(s) {', '.join(missing)} of a sweep_patient_scores.csv"
+        )
+    parsed = []
+    for line, row in enumerate(rows, start=2):
+        if None in row.values() or None in row:
+            raise DataError(
+                path, f"line {line} has {'more' if None in row else 'fewer'} fields than the header"
+            )
+        try:
+            parsed.append(
+                {
+                    "method": row["method"],
+                    "input": int(row["input"]),
+                    "fold": int(row["fold"]) if row["fold"] else None,
+                    "seed": int(row["seed"]) if row["seed"] else None,
+                    "patient": row["patient"],
+                    "group": row["group"],
+                    **{m: float(row[m] or "nan") for m in HIGHER_IS_BETTER},
+                }
+            )
+        except (TypeError, ValueError):
+            raise DataError(path, f"line {line}: a number cannot be read in {row}") from None
+    return parsed
 
 
 def summary_rows(results: list[dict]) -> list[dict]:

@@ -42,6 +42,8 @@ from upseg.experiments.patient_report import markdown as patient_markdown
 from upseg.experiments.patient_report import (
     paired_rows,
     patient_score_rows,
+    read_patient_scores,
+    results_from_score_rows,
     seed_rows,
     size_rows,
     summary_rows,
@@ -78,12 +80,15 @@ def run_sweep(
     progress: bool = True,
     workers: int = 1,
     time_limit: float | None = None,
+    pair_with: list[str | Path] | tuple = (),
 ) -> dict:
     """Train, score and tabulate every run. Runs go in rounds (seed, then fold, then method
     and input size), so a sweep cut short by `time_limit` (seconds after which no new run
     starts; runs in flight finish) still holds whole rounds first. `workers` > 1 trains that
     many runs at once in separate processes (several small runs can share one GPU).
-    A run that fails (say, its loss turns NaN) is reported and left out; the others go on."""
+    A run that fails (say, its loss turns NaN) is reported and left out; the others go on.
+    `pair_with`: earlier sweeps' sweep_patient_scores.csv, whose runs join the per-patient
+    tables and paired comparisons (not the pooled ones), e.g. a baseline trained elsewhere."""
     parsed = list(dict.fromkeys(parse_method(m) for m in methods))  # bad ones fail here
     resolutions, seeds = list(dict.fromkeys(resolutions)), tuple(dict.fromkeys(seeds))
     if workers < 1:
@@ -116,6 +121,7 @@ def run_sweep(
     ]
     for _, _, config in jobs:
         run_state(config)  # a folder holding a run with other settings stops the sweep here
+    borrowed = _borrowed(pair_with, jobs, slices)
     deadline = None if time_limit is None else time.time() + time_limit
     outcomes = _run_jobs([config for _, _, config in jobs], deadline, workers, progress)
 
@@ -128,8 +134,39 @@ def run_sweep(
             failed.append(f"{Path(config.out).name}: {outcome}")
         else:
             results.append({"method": method.name, "input": r, **outcome})
-    report = _report(results, parsed, resolutions, slices, out, epochs, len(jobs), failed)
+    report = _report(results, parsed, resolutions, slices, out, epochs, len(jobs), failed, borrowed)
     return {**report, "failed": failed, "pending": pending}
+
+
+def _borrowed(
+    paths: list[str | Path] | tuple, jobs: list[tuple[Method, int, TrainConfig]], store: SliceStore
+) -> list[dict]:
+    """The runs of earlier sweeps' per-patient score files, each record naming its "source".
+    A run this sweep trains itself (or another file holds), or a patient the store lacks,
+    stops the sweep before any training."""
+    seen = {(m.name, r, c.fold, c.seed): "this sweep" for m, r, c in jobs}
+    patients = set(store.patient_ids())
+    borrowed = []
+    for path in paths:
+        rows = read_patient_scores(path)
+        unknown = sorted({row["patient"] for row in rows} - patients)
+        if unknown:
+            raise DataError(
+                path,
+                f"{len(unknown)} patient(s) are not in the store {store.path} "
+                f"(first: {unknown[0]!r}); were these scores made on another data set?",
+            )
+        for record in results_from_score_rows(rows):
+            key = (record["method"], record["input"], record["fold"], record["seed"])
+            if key in seen:
+                raise DataError(
+                    path,
+                    f"{key[0]} at input {key[1]}, fold {key[2]}, seed {key[3]} is also in "
+                    f"{seen[key]}: a run may be counted once",
+                )
+            seen[key] = str(path)
+            borrowed.append({**record, "source": str(path)})
+    return borrowed
 
 
 def _run_jobs(
@@ -247,6 +284,7 @@ def _report(
     epochs: int,
     planned: int,
     failed: list[str],
+    borrowed: list[dict] | None = None,
 ) -> dict:
     classes = store.class_names[1:]
     rows = []
@@ -291,12 +329,14 @@ def _report(
     )
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
-    patient_summary, paired = summary_rows(results), paired_rows(results)
-    per_seed, by_size = seed_rows(results), size_rows(results)
+    scored = results + (borrowed or [])
+    patient_summary, paired = summary_rows(scored), paired_rows(scored)
+    per_seed, by_size = seed_rows(scored), size_rows(scored)
     if patient_summary:
         write_csv(out / "sweep_patients.csv", patient_summary)
         write_csv(out / "sweep_patient_scores.csv", patient_score_rows(results))
         tables += "\n" + patient_markdown(patient_summary, paired, seeds=per_seed, sizes=by_size)
+        tables += _borrowed_note(borrowed or [])
     if paired:
         write_csv(out / "sweep_paired.csv", paired)
     if per_seed:
@@ -318,6 +358,19 @@ def _report(
             )
         )
     return {"rows": rows, "tables": tables, "figures": figures}
+
+
+def _borrowed_note(borrowed: list[dict]) -> str:
+    """Which per-patient rows came from other sweeps (markdown lines; none: empty)."""
+    runs: dict[tuple[str, str, int], int] = {}
+    for record in borrowed:
+        key = (record["source"], record["method"], record["input"])
+        runs[key] = runs.get(key, 0) + 1
+    if not runs:
+        return ""
+    lines = [f"- {method} at {r}: {n} runs from {src}" for (src, method, r), n in runs.items()]
+    head = "\nPer-patient rows read from other sweeps (--pair-with; not in the pooled tables):\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def _figures(rows: list[dict], out: Path) -> list[Path]:
