@@ -192,9 +192,9 @@ def test_reference_volumes_must_agree_between_runs() -> None:
 
 
 def test_score_rows_read_back_give_the_same_tables(tmp_path: Path) -> None:
-    base = {f"p{i}": 0.5 + 0.02 * i for i in range(12)}
+    base = {f"p{i}": 0.5 + 0.02 * i for i in range(30)}
     runs = [
-        {**record("elunet", 16, 0, base, hd=5.0), "fold": 0},
+        sized("elunet", 0, base, {p: 100 + i for i, p in enumerate(base)}) | {"fold": 0},
         {**record("elunet", 16, 1, {p: d + 0.01 for p, d in base.items()}), "fold": 0},
         {**record("elunet+plain", 16, 0, {p: d + 0.04 for p, d in base.items()}), "fold": 0},
         {**record("elunet+plain", 16, 1, {"p0": math.nan, "p1": 0.6}), "fold": 0},
@@ -208,7 +208,9 @@ def test_score_rows_read_back_give_the_same_tables(tmp_path: Path) -> None:
         ("elunet+plain", 16, 0, 1),
     ]
     assert math.isnan(back[3]["scores"]["patients"]["p0"]["tumour"]["dice"])
-    for table in (patient_score_rows, paired_rows, summary_rows):  # json: NaN equals NaN
+    assert back[0]["scores"]["patients"]["p3"]["tumour"]["n_ref"] == 103
+    assert len({row["part"] for row in size_rows(back)}) == 3  # thirds from the file's volumes
+    for table in (patient_score_rows, paired_rows, summary_rows, size_rows):  # NaN == NaN in json
         assert json.dumps(table(back)) == json.dumps(table(runs))
 
 
@@ -219,7 +221,14 @@ def test_score_rows_read_back_give_the_same_tables(tmp_path: Path) -> None:
         ("method,input,fold,seed,patient,group,dice\nelunet,16,0,0,a,tumour,0.5\n",
          "lacks the column.s. jaccard, hd95, nsd"),
         (f"{','.join(SCORE_COLUMNS)}\nelunet,sixteen,0,0,a,tumour,0.5,0.3,2,0.6\n",
-         "line 2: a number cannot be read"),
+         "line 2: input 'sixteen' is not a whole number"),
+        (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,,a,tumour,0.5,0.3,2,0.6\n",
+         "line 2: seed '' is not a whole number"),
+        (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,far,0.6\n",
+         "line 2: hd95 'far' is not a number"),
+        (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,2,0.6\n"
+         "elunet,16,0,0,a,tumour,0.6,0.4,2,0.6\n",
+         "line 3 repeats the scores of .'elunet', 16, 0, 0, 'a', 'tumour'."),
         (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,2,0.6\nelunet,16,0\n",
          "line 3 has fewer fields"),
         (f"{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,2,0.6,7\n",
@@ -231,5 +240,16 @@ def test_bad_score_files_are_named(tmp_path: Path, text: str, problem: str) -> N
     path.write_text(text)
     with pytest.raises(DataError, match=rf"scores\.csv: {problem}"):
         read_patient_scores(path)
+
+
+def test_a_missing_score_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing\.csv: cannot read"):
         read_patient_scores(tmp_path / "missing.csv")
+
+
+def test_a_score_file_from_a_spreadsheet_reads(tmp_path: Path) -> None:
+    path = tmp_path / "scores.csv"
+    path.write_text(f"\ufeff{','.join(SCORE_COLUMNS)}\nelunet,16,0,0,a,tumour,0.5,0.3,,nan\n")
+    [row] = read_patient_scores(path)  # the byte-order mark a spreadsheet writes is skipped
+    assert (row["method"], row["input"], row["dice"]) == ("elunet", 16, 0.5)
+    assert math.isnan(row["hd95"]) and math.isnan(row["nsd"]) and "n_ref" not in row

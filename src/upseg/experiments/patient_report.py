@@ -75,14 +75,15 @@ def patient_score_rows(results: list[dict]) -> list[dict]:
                         "patient": pid,
                         "group": group,
                         **{m: scores[m] for m in HIGHER_IS_BETTER if m in scores},
+                        **({"n_ref": int(scores["n_ref"])} if "n_ref" in scores else {}),
                     }
                 )
     return rows
 
 
 def results_from_score_rows(rows: Iterable[dict]) -> list[dict]:
-    """The inverse of patient_score_rows(): one record per (method, input, fold, seed), with
-    the per-patient scores under "scores" -> "patients", as the tables above read them."""
+    """Records of patient_score_rows()' rows, one per (method, input, fold, seed), with the
+    per-patient scores under "scores" -> "patients", as the tables above read them."""
     records: dict[tuple, dict] = {}
     for row in rows:
         key = (row["method"], row["input"], row.get("fold"), row.get("seed"))
@@ -91,7 +92,7 @@ def results_from_score_rows(rows: Iterable[dict]) -> list[dict]:
             {"method": key[0], "input": key[1], "fold": key[2], "seed": key[3],
              "scores": {"patients": defaultdict(dict)}},
         )  # fmt: skip
-        scores = {m: row[m] for m in HIGHER_IS_BETTER if m in row}
+        scores = {m: row[m] for m in (*HIGHER_IS_BETTER, "n_ref") if m in row}
         record["scores"]["patients"][row["patient"]][row["group"]] = scores
     for record in records.values():
         record["scores"]["patients"] = dict(record["scores"]["patients"])
@@ -103,40 +104,54 @@ SCORE_COLUMNS = ("method", "input", "fold", "seed", "patient", "group", *HIGHER_
 
 def read_patient_scores(path: str | Path) -> list[dict]:
     """The rows of a sweep_patient_scores.csv (patient_score_rows() of an earlier sweep):
-    input, fold and seed as integers, the metrics as floats (empty or "nan": NaN)."""
+    input, fold, seed (and n_ref, the reference volume, where the file has it) as integers,
+    the metrics as floats (empty or "nan": NaN). A row held twice is refused. Nothing here
+    can tell whether the file was scored on the same store and recipe: that is the caller's."""
     path = Path(path)
+    parsed, seen = [], set()
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in SCORE_COLUMNS if c not in (reader.fieldnames or [])]
+            if reader.fieldnames and missing:
+                raise DataError(
+                    path, f"lacks the column(s) {', '.join(missing)} of a sweep_patient_scores.csv"
+                )
+            for row in reader:
+                parsed.append(_score_row(path, reader.line_num, row))
+                key = tuple(parsed[-1][c] for c in SCORE_COLUMNS[:6])
+                if key in seen:
+                    raise DataError(path, f"line {reader.line_num} repeats the scores of {key}")
+                seen.add(key)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(path, f"cannot read the per-patient scores ({error})") from None
-    if not rows:
+    if not parsed:
         raise DataError(path, "holds no per-patient scores")
-    missing = [c for c in SCORE_COLUMNS if c not in rows[0]]
-    if missing:
-        raise DataError(
-            path, f"lacks the column(s) {', '.join(missing)} of a sweep_patient_scores.csv"
-        )
-    parsed = []
-    for line, row in enumerate(rows, start=2):
-        if None in row.values() or None in row:
-            raise DataError(
-                path, f"line {line} has {'more' if None in row else 'fewer'} fields than the header"
-            )
+    return parsed
+
+
+def _score_row(path: Path, line: int, row: dict) -> dict:
+    """One parsed row of read_patient_scores()."""
+    if None in row.values() or None in row:
+        more = "more" if None in row else "fewer"
+        raise DataError(path, f"line {line} has {more} fields than the header")
+    parsed: dict = {c: row[c] for c in ("method", "patient", "group")}
+    for column, kind in (("input", int), ("fold", int), ("seed", int), ("n_ref", int)):
+        if column == "n_ref" and not row.get(column):
+            continue
         try:
-            parsed.append(
-                {
-                    "method": row["method"],
-                    "input": int(row["input"]),
-                    "fold": int(row["fold"]) if row["fold"] else None,
-                    "seed": int(row["seed"]) if row["seed"] else None,
-                    "patient": row["patient"],
-                    "group": row["group"],
-                    **{m: float(row[m] or "nan") for m in HIGHER_IS_BETTER},
-                }
-            )
-        except (TypeError, ValueError):
-            raise DataError(path, f"line {line}: a number cannot be read in {row}") from None
+            parsed[column] = kind(row[column])
+        except ValueError:
+            raise DataError(
+                path, f"line {line}: {column} {row[column]!r} is not a whole number"
+            ) from None
+    for metric in HIGHER_IS_BETTER:
+        try:
+            parsed[metric] = float(row[metric] or "nan")
+        except ValueError:
+            raise DataError(
+                path, f"line {line}: {metric} {row[metric]!r} is not a number"
+            ) from None
     return parsed
 
 

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def run_sweep(
     progress: bool = True,
     workers: int = 1,
     time_limit: float | None = None,
-    pair_with: list[str | Path] | tuple = (),
+    pair_with: Sequence[str | Path] = (),
 ) -> dict:
     """Train, score and tabulate every run. Runs go in rounds (seed, then fold, then method
     and input size), so a sweep cut short by `time_limit` (seconds after which no new run
@@ -88,7 +89,9 @@ def run_sweep(
     many runs at once in separate processes (several small runs can share one GPU).
     A run that fails (say, its loss turns NaN) is reported and left out; the others go on.
     `pair_with`: earlier sweeps' sweep_patient_scores.csv, whose runs join the per-patient
-    tables and paired comparisons (not the pooled ones), e.g. a baseline trained elsewhere."""
+    tables and paired comparisons (not the pooled ones), e.g. a baseline trained elsewhere;
+    only their patient ids are checked against the store, so they must come from the same
+    store, folds and recipe (docs say which)."""
     parsed = list(dict.fromkeys(parse_method(m) for m in methods))  # bad ones fail here
     resolutions, seeds = list(dict.fromkeys(resolutions)), tuple(dict.fromkeys(seeds))
     if workers < 1:
@@ -139,7 +142,7 @@ def run_sweep(
 
 
 def _borrowed(
-    paths: list[str | Path] | tuple, jobs: list[tuple[Method, int, TrainConfig]], store: SliceStore
+    paths: Sequence[str | Path], jobs: list[tuple[Method, int, TrainConfig]], store: SliceStore
 ) -> list[dict]:
     """The runs of earlier sweeps' per-patient score files, each record naming its "source".
     A run this sweep trains itself (or another file holds), or a patient the store lacks,
