@@ -114,6 +114,7 @@ def test_guided_model_takes_the_full_resolution_image_only() -> None:
         model(torch.zeros(1, 1, 16, 16))
     plain = build("elunet", 1, 2, 16, 64, head="plain", **TINY)
     assert not plain.guided and plain.feed_size == 16
+    assert (model.input_shape(3), plain.input_shape()) == ((3, 1, 64, 64), (1, 1, 16, 16))
     with pytest.raises(ValueError, match="needs the full-resolution image"):
         model.head(torch.zeros(1, 2, 16, 16))
     with pytest.raises(ValueError, match="only a guided head"):

@@ -97,7 +97,7 @@ def load_bench_models(
     from upseg.models.registry import make_backbone
 
     def entry(name: str, model: LowResSegmenter, output: int) -> BenchModel:
-        shape = (1, model.in_channels, model.feed_size, model.feed_size)
+        shape = model.input_shape()
         activations = int(activation_mb(model, shape) * 1e6)
         with torch.inference_mode():
             classes = int(model(torch.zeros(shape)).shape[1])

@@ -14,7 +14,6 @@ from upseg.models import LowResSegmenter
 @torch.no_grad()
 def end_to_end_latency_ms(
     model: LowResSegmenter,
-    in_channels: int,
     output_size: int,
     batch: int = 1,
     warmup: int = 5,
@@ -23,7 +22,7 @@ def end_to_end_latency_ms(
     """Median and p90 milliseconds of model (+ bilinear stretch to R for a baseline) + argmax,
     PyTorch eager on the CPU with the current thread count."""
     model = model.eval()
-    x = torch.randn(batch, in_channels, model.feed_size, model.feed_size)
+    x = torch.randn(model.input_shape(batch))
 
     def run() -> torch.Tensor:
         return stretch_logits(model(x), output_size).argmax(1)

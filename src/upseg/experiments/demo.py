@@ -116,7 +116,7 @@ def _row(
     dataset = run_dataset(config, store)
     scores = score(model, dataset, store.class_names, batch_size, per_patient=True)
     group = primary_group(list(scores["patient_summary"]))
-    channels, r = len(store.modalities), config.input_size
+    r = config.input_size
     vs_baseline = ""
     if baseline is not None:
         vs_baseline = versus(scores["patients"], baseline, group)
@@ -131,8 +131,8 @@ def _row(
         "patient_hd95": scores["patient_summary"][group]["hd95"]["mean"],
         "vs_baseline": vs_baseline,
         "params": count_parameters(model),
-        "gmac": count_macs(model, (1, channels, model.feed_size, model.feed_size)) / 1e9,
-        "latency_ms": end_to_end_latency_ms(model, channels, store.size)["median_ms"],
+        "gmac": count_macs(model, model.input_shape()) / 1e9,
+        "latency_ms": end_to_end_latency_ms(model, store.size)["median_ms"],
         "run": str(run),
     }
     return row, scores["patients"]

@@ -306,8 +306,7 @@ def _report(
                 "curve": [statistics.fmean(c) for c in zip(*curves, strict=True)],
                 "curves": curves,
                 "params": count_parameters(model),
-                "gmac": count_macs(model, (1, model.in_channels, model.feed_size, model.feed_size))
-                / 1e9,
+                "gmac": count_macs(model, model.input_shape()) / 1e9,
                 "train_minutes": sum(x["train_seconds"] for x in mine) / 60,
             }
             metrics = {

@@ -65,6 +65,10 @@ class LowResSegmenter(nn.Module):
         """Side of the image the model takes: R for a guided head, r otherwise."""
         return self.output_size if self.guided else self.input_size
 
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """(B, C, side, side) of the image the model takes (side: feed_size)."""
+        return (batch, self.in_channels, self.feed_size, self.feed_size)
+
     @property
     def head_input(self) -> str:
         """'features' where the head reads the backbone's features, else 'logits'."""
