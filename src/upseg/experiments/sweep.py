@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -287,7 +288,7 @@ def _report(
     epochs: int,
     planned: int,
     failed: list[str],
-    borrowed: list[dict] | None = None,
+    borrowed: Sequence[dict] = (),
 ) -> dict:
     classes = store.class_names[1:]
     rows = []
@@ -331,14 +332,14 @@ def _report(
     )
     write_json(out / "sweep_runs.json", results)
     tables = _markdown(rows, classes, epochs)
-    scored = results + (borrowed or [])
+    scored = [*results, *borrowed]
     patient_summary, paired = summary_rows(scored), paired_rows(scored)
     per_seed, by_size = seed_rows(scored), size_rows(scored)
     if patient_summary:
         write_csv(out / "sweep_patients.csv", patient_summary)
         write_csv(out / "sweep_patient_scores.csv", patient_score_rows(results))
         tables += "\n" + patient_markdown(patient_summary, paired, seeds=per_seed, sizes=by_size)
-        tables += _borrowed_note(borrowed or [])
+        tables += _borrowed_note(borrowed)
     if paired:
         write_csv(out / "sweep_paired.csv", paired)
     if per_seed:
@@ -362,12 +363,9 @@ def _report(
     return {"rows": rows, "tables": tables, "figures": figures}
 
 
-def _borrowed_note(borrowed: list[dict]) -> str:
+def _borrowed_note(borrowed: Sequence[dict]) -> str:
     """Which per-patient rows came from other sweeps (markdown lines; none: empty)."""
-    runs: dict[tuple[str, str, int], int] = {}
-    for record in borrowed:
-        key = (record["source"], record["method"], record["input"])
-        runs[key] = runs.get(key, 0) + 1
+    runs = Counter((record["source"], record["method"], record["input"]) for record in borrowed)
     if not runs:
         return ""
     lines = [f"- {method} at {r}: {n} runs from {src}" for (src, method, r), n in runs.items()]
